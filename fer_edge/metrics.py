@@ -1,0 +1,83 @@
+"""Classification figures shared by fer-convert (float vs int8) and fer-edge evaluate."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    return matrix
+
+
+def classification_report(truth: np.ndarray, predicted: np.ndarray,
+                          classes: Sequence[str]) -> dict[str, Any]:
+    """accuracy, per_class precision/recall/F1/support, confusion (rows: truth), samples."""
+    matrix = confusion_matrix(truth, predicted, len(classes))
+    tp = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted_count = matrix.sum(axis=0)
+    precision = np.divide(tp, predicted_count, out=np.zeros_like(tp), where=predicted_count > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    samples = int(len(truth))
+    present = support > 0
+    return {
+        "samples": samples,
+        "accuracy": float(tp.sum() / samples) if samples else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            name: {"precision": round(float(precision[i]), 4), "recall": round(float(recall[i]), 4),
+                   "f1": round(float(f1[i]), 4), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "classes": list(classes),
+        "confusion": matrix.tolist(),
+    }
+
+
+def format_report(report: dict[str, Any], title: str = "") -> str:
+    classes = report["classes"]
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"accuracy {report['accuracy'] * 100:.2f}% on {report['samples']} faces, "
+                 f"macro F1 {report['macro_f1']:.3f}")
+    lines.append(f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>7}{'support':>9}")
+    for name in classes:
+        c = report["per_class"][name]
+        lines.append(f"{name:<10}{c['precision']:>10.3f}{c['recall']:>8.3f}{c['f1']:>7.3f}{c['support']:>9}")
+    width = max(7, *(len(n) for n in classes))
+    lines.append("confusion (rows: true, columns: predicted)")
+    lines.append(" " * (width + 1) + " ".join(f"{n[:7]:>7}" for n in classes))
+    for name, row in zip(classes, report["confusion"]):
+        lines.append(f"{name:<{width}} " + " ".join(f"{v:>7}" for v in row))
+    return "\n".join(lines)
+
+
+def save_confusion_png(report: dict[str, Any], path: str, title: str) -> None:
+    """Row-normalised confusion matrix image (needs matplotlib, a workstation/dev extra)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = report["classes"]
+    matrix = np.asarray(report["confusion"], np.float64)
+    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(f"{title}\naccuracy {report['accuracy'] * 100:.1f}% ({report['samples']} faces)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
