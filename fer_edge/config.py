@@ -1,0 +1,234 @@
+"""Declarative configuration: dataclasses with defaults, a TOML file, then CLI overrides.
+
+Every key is checked: an unknown key or a bad value is a ConfigError (exit 78), so systemd's
+RestartPreventExitStatus=78 stops a misconfigured service instead of restart-looping it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Raspberry Pi OS bullseye
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+SERVICE_CONFIG = Path("/etc/fer-edge/config.toml")
+SOURCE_KINDS = ("auto", "picamera2", "v4l2", "file")
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "auto"  # auto | picamera2 | v4l2 | file
+    path: str = ""  # video file, /dev/videoN or a camera index; empty: the first camera
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    realtime: bool = False  # video files: pace at the file's own fps, dropping frames like a camera
+
+
+@dataclass
+class DetectionConfig:
+    width: int = 320  # Haar runs on a grey frame this wide; boxes are scaled back
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    min_size: int = 24  # smallest face, pixels of the detection frame
+    cascade: str = ""  # empty: haarcascade_frontalface_default.xml from OpenCV or apt
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # empty: the bundled default model
+    num_threads: int = 2
+    runtime: str = ""  # empty: best present (litert, tflite-runtime, tensorflow)
+
+
+@dataclass
+class AnalysisConfig:
+    every: int = 0  # analyse every Nth frame; 0: adaptive, holding target_fps analyses per second
+    target_fps: float = 6.0
+    smoothing: float = 0.5  # weight of a face's history in its probabilities (0: none)
+    face_margin: float = 0.0  # grow each box by this fraction before classifying
+
+
+@dataclass
+class VideoConfig:
+    enabled: bool = True
+    segment_seconds: float = 300.0  # a crash or power cut loses at most the open segment
+    codec: str = "mp4v"
+    max_files: int = 0  # retention; 0: no limit
+    max_bytes: int = 0  # retention for all segments together; 0: no limit
+    min_free_bytes: int = 512 * 1024 ** 2  # delete the oldest segments to keep this much disk free
+    bars: bool = True  # per-emotion bars beside each face
+
+
+@dataclass
+class CsvConfig:
+    enabled: bool = True
+    max_bytes: int = 10 * 1024 ** 2  # rotate a file at this size; 0: no size rotation
+    rotate_seconds: float = 86400.0  # rotate at least this often; 0: no time rotation
+    max_files: int = 60
+    max_total_bytes: int = 0
+    flush_seconds: float = 1.0
+
+
+@dataclass
+class OutputConfig:
+    directory: str = "fer-edge-output"  # the service uses /var/lib/fer-edge
+
+
+@dataclass
+class DisplayConfig:
+    enabled: bool = False
+
+
+@dataclass
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    csv: CsvConfig = field(default_factory=CsvConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_KEYS = {"max_bytes", "min_free_bytes", "max_total_bytes"}
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 500M or 2G")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+
+
+def _coerce(where: str, key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+    elif kind is int:
+        if key in _SIZE_KEYS and isinstance(value, str):
+            try:
+                return parse_size(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{where}: {value!r} is not a valid {kind.__name__}")
+
+
+def _check(cfg: Config) -> None:
+    def need(ok: bool, where: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where} {what}")
+
+    s, d, m, a, v, c = cfg.source, cfg.detection, cfg.model, cfg.analysis, cfg.video, cfg.csv
+    need(s.kind in SOURCE_KINDS, "source.kind", f"is {s.kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
+    need(s.kind != "file" or bool(s.path), "source.path", "must name a video file when source.kind is 'file'")
+    need(s.width > 0 and s.height > 0, "source.width/height", "must be positive")
+    need(s.fps > 0, "source.fps", "must be positive")
+    need(d.width >= 64, "detection.width", f"is {d.width}; use at least 64 (320 is a good start)")
+    need(d.scale_factor > 1.0, "detection.scale_factor", f"is {d.scale_factor}; it must be above 1.0 (e.g. 1.1)")
+    need(d.min_neighbors >= 0, "detection.min_neighbors", "must be 0 or more")
+    need(d.min_size >= 8, "detection.min_size", "must be at least 8 pixels")
+    need(m.num_threads >= 1, "model.num_threads", "must be at least 1")
+    need(m.runtime in ("", "litert", "tflite-runtime", "tensorflow"), "model.runtime",
+         f"is {m.runtime!r}; choose litert, tflite-runtime, tensorflow or leave it empty")
+    need(a.every >= 0, "analysis.every", "must be 0 (adaptive) or a positive frame count")
+    need(a.target_fps > 0, "analysis.target_fps", "must be positive")
+    need(0 <= a.smoothing < 1, "analysis.smoothing", "must be in [0, 1)")
+    need(0 <= a.face_margin <= 1, "analysis.face_margin", "must be in [0, 1]")
+    need(v.segment_seconds >= 1, "video.segment_seconds", "must be at least 1")
+    need(len(v.codec) == 4, "video.codec", f"is {v.codec!r}; give a FourCC such as mp4v or MJPG")
+    need(min(v.max_files, v.max_bytes, v.min_free_bytes) >= 0, "video retention", "values must be 0 or more")
+    need(c.max_bytes >= 0 and c.rotate_seconds >= 0, "csv rotation", "values must be 0 or more")
+    need(c.max_files >= 0 and c.max_total_bytes >= 0, "csv retention", "values must be 0 or more")
+    need(c.flush_seconds > 0, "csv.flush_seconds", "must be positive")
+    need(bool(cfg.output.directory), "output.directory", "must not be empty")
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:
+    sections = {f.name: f for f in fields(Config)}
+    if section not in sections:
+        hint = difflib.get_close_matches(section, sections, n=1)
+        raise ConfigError(f"{origin}: unknown section [{section}]"
+                          + (f"; did you mean [{hint[0]}]?" if hint else f"; known: {', '.join(sections)}"))
+    target = getattr(cfg, section)
+    hints = get_type_hints(type(target))
+    if key not in hints:
+        hint = difflib.get_close_matches(key, hints, n=1)
+        raise ConfigError(f"{origin}: unknown key {section}.{key}"
+                          + (f"; did you mean {section}.{hint[0]}?" if hint else
+                             f"; known: {', '.join(hints)}"))
+    setattr(target, key, _coerce(f"{origin}: {section}.{key}", key, value, hints[key]))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file, then `overrides` ({"section.key": value})."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found; create it (see systemd/config.example.toml) "
+                              "or drop --config") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for section, table in doc.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+            for key, value in table.items():
+                _apply(cfg, section, key, value, str(path))
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _apply(cfg, section, key, value, "command line")
+    _check(cfg)
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_toml(cfg: Config) -> str:
+    """The effective configuration, as a TOML file that load_config reads back unchanged."""
+    out = []
+    for section in fields(Config):
+        out.append(f"[{section.name}]")
+        for key, value in dataclasses.asdict(getattr(cfg, section.name)).items():
+            out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
