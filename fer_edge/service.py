@@ -1,0 +1,122 @@
+"""Install fer-edge as a systemd service: user, config, unit, enable.
+
+Every step is also returned as a shell line, so `--dry-run` shows exactly what would be done and
+an administrator can do it by hand instead.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import SERVICE_CONFIG
+from .errors import InputMissing, OutputError, Unavailable
+from .resources import EXAMPLE_CONFIG, UNIT_FILE, find_resource
+
+UNIT_NAME = "fer-edge.service"
+STATE_DIR = "/var/lib/fer-edge"
+
+
+def _user_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+        return True
+    except KeyError:
+        return False
+
+
+def _systemd_quote(text: str) -> str:
+    return f'"{text}"' if re.search(r'[\s"\\]', text) else text
+
+
+def render_unit(template: str, *, executable: Path, config_path: Path, user: str) -> str:
+    """The unit text with ExecStart (and User/Group) rewritten for this install."""
+    exec_start = f"ExecStart={_systemd_quote(str(executable))} run --config {_systemd_quote(str(config_path))}"
+    text = re.sub(r"^ExecStart=.*$", lambda _: exec_start, template, count=1, flags=re.MULTILINE)
+    text = re.sub(r"^User=.*$", f"User={user}", text, flags=re.MULTILINE)
+    return re.sub(r"^Group=.*$", f"Group={user}", text, flags=re.MULTILINE)
+
+
+def install_service(*, dry_run: bool, executable: Path | None = None, user: str = "fer-edge",
+                    config_path: Path = SERVICE_CONFIG, unit_dir: Path = Path("/etc/systemd/system"),
+                    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> list[str]:
+    """The install steps as shell lines; performs them unless dry_run.
+
+    Steps: create the system user (or add an existing one to `video`), copy the example config to
+    `config_path` unless one exists (never overwritten), write the unit, daemon-reload, enable --now.
+    `runner` runs the commands (subprocess.run); the root check applies only to that default, since
+    another runner (tests) runs nothing on the system.
+    """
+    executable = Path(executable) if executable else Path(sys.executable).parent / "fer-edge"
+    unit_src, example = find_resource(UNIT_FILE), find_resource(EXAMPLE_CONFIG)
+    unit_path = Path(unit_dir) / UNIT_NAME
+    config_path = Path(config_path)
+
+    def write_config() -> None:
+        if not config_path.exists():  # checked again: never overwrite an administrator's config
+            _write(config_path, example.read_text(), 0o644)
+
+    def write_unit() -> None:
+        unit = render_unit(unit_src.read_text(), executable=executable, config_path=config_path, user=user)
+        _write(unit_path, unit, 0o644)
+
+    steps: list[tuple[str, Callable[[], None] | None]] = []  # (shell line, what does it; None: nothing)
+    if _user_exists(user):  # make sure an existing user can open the camera
+        argv = ["usermod", "--append", "--groups", "video", user]
+    else:
+        argv = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", STATE_DIR,
+                "--shell", "/usr/sbin/nologin", "--groups", "video", user]
+    steps.append(_command(argv, runner))
+    if config_path.exists():
+        steps.append((f"# keep {shlex.quote(str(config_path))} (exists; never overwritten)", None))
+    else:
+        steps.append((shlex.join(["install", "-D", "-m", "0644", str(example), str(config_path)]), write_config))
+    sed = [f"s|^ExecStart=.*|ExecStart={executable} run --config {config_path}|"]
+    if user != "fer-edge":
+        sed += [f"s|^User=.*|User={user}|", f"s|^Group=.*|Group={user}|"]
+    sed_argv = ["sed"] + [arg for expr in sed for arg in ("-e", expr)] + [str(unit_src)]
+    steps.append((f"{shlex.join(sed_argv)} > {shlex.quote(str(unit_path))}", write_unit))
+    steps.append(_command(["systemctl", "daemon-reload"], runner))
+    steps.append(_command(["systemctl", "enable", "--now", UNIT_NAME], runner))
+    if not dry_run:
+        if runner is subprocess.run and os.geteuid() != 0:
+            raise Unavailable("installing the service needs root: run with sudo (or use --dry-run to see the steps)")
+        if not executable.is_file():
+            raise InputMissing(f"fer-edge executable {executable} not found; pass the path of the installed "
+                               "fer-edge script (e.g. /opt/fer-edge/venv/bin/fer-edge)")
+        for _, action in steps:
+            if action is not None:
+                action()
+    return [line for line, _ in steps]
+
+
+def _command(argv: Sequence[str], runner: Callable[..., subprocess.CompletedProcess]
+             ) -> tuple[str, Callable[[], None]]:
+    return shlex.join(argv), lambda: _run(runner, argv)
+
+
+def _run(runner: Callable[..., subprocess.CompletedProcess], argv: Sequence[str]) -> None:
+    try:
+        done = runner(list(argv), check=False, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise Unavailable(f"{argv[0]} not found; is this a systemd Linux system?") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout or "").strip().splitlines()
+        raise Unavailable(f"`{shlex.join(argv)}` failed (exit {done.returncode})"
+                          + (f": {detail[-1]}" if detail else ""))
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.chmod(mode)
+        os.replace(tmp, path)  # never a half-written unit or config
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); run with sudo") from None

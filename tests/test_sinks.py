@@ -1,0 +1,345 @@
+"""Sinks against real files: OpenCV encodes and decodes the segments, CSVs are read back."""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_edge.errors import OutputError, Unavailable
+from fer_edge.labels import EMOTIONS, FER2013_ORDER
+from fer_edge.records import FaceResult
+from fer_edge.sinks import Display, Retention, RollingCsvLog, SegmentedVideoWriter, gui_available
+
+W, H = 160, 120
+SEGMENT_NAME = re.compile(r"^fer-\d{8}T\d{6}Z-\d{4}\.mp4$")
+CSV_NAME = re.compile(r"^emotions-\d{8}T\d{6}Z-\d{4}\.csv$")
+
+
+def frames(n: int) -> list[np.ndarray]:
+    """Distinct frames (a moving bar) so the encoder has something to do."""
+    out = []
+    for i in range(n):
+        frame = np.full((H, W, 3), 40, np.uint8)
+        frame[:, (i * 7) % (W - 10):(i * 7) % (W - 10) + 10] = (0, 200, 255)
+        out.append(frame)
+    return out
+
+
+def decoded_frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    return count
+
+
+def record(directory: Path, n: int, retention: Retention | None = None, **kwargs) -> SegmentedVideoWriter:
+    writer = SegmentedVideoWriter(directory, (W, H), 10.0, segment_seconds=2.0,
+                                  retention=retention or Retention(), **kwargs)
+    for frame in frames(n):
+        writer.write(frame)
+    writer.close()
+    return writer
+
+
+# -- Retention -----------------------------------------------------------------------------------
+def make_files(directory: Path, sizes: list[int], prefix: str = "fer") -> list[Path]:
+    paths = []
+    for i, size in enumerate(sizes):
+        path = directory / f"{prefix}-20000101T0000{i:02d}Z-{i:04d}.mp4"
+        path.write_bytes(b"x" * size)
+        paths.append(path)
+    return paths
+
+
+def test_retention_by_count_deletes_oldest_and_spares_other_files(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, [10] * 5)
+    other = make_files(tmp_path, [10] * 2, prefix="other")
+    deleted = Retention(max_files=2).enforce(tmp_path, "fer-*.mp4")
+    assert deleted == paths[:3]
+    assert sorted(tmp_path.glob("fer-*.mp4")) == paths[3:]
+    assert all(p.exists() for p in other)
+
+
+def test_retention_by_bytes_counts_but_never_deletes_the_protected_file(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, [100, 100, 100, 100])
+    deleted = Retention(max_bytes=250).enforce(tmp_path, "fer-*.mp4", protect=paths[0])
+    # 400 bytes: the oldest deletable files go until 200 <= 250; the protected oldest one stays
+    assert deleted == paths[1:3]
+    assert sorted(tmp_path.glob("fer-*.mp4")) == [paths[0], paths[3]]
+
+
+def test_retention_min_free_bytes_deletes_all_but_protected_when_disk_cannot_satisfy(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, [10, 10, 10])
+    huge = shutil.disk_usage(tmp_path).total * 2
+    deleted = Retention(min_free_bytes=huge).enforce(tmp_path, "fer-*.mp4", protect=paths[2])
+    assert deleted == paths[:2]
+    assert paths[2].exists()
+
+
+def test_retention_without_limits_keeps_everything(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, [10, 10])
+    assert Retention().enforce(tmp_path, "fer-*.mp4") == []
+    assert all(p.exists() for p in paths)
+
+
+# -- SegmentedVideoWriter ------------------------------------------------------------------------
+def test_segments_by_media_time_are_complete_decodable_files(tmp_path: Path) -> None:
+    writer = record(tmp_path, 55)  # 2 s at 10 fps = 20 frames a segment
+    assert writer.frames_written == 55
+    assert len(writer.segments) == 3
+    assert [p.name for p in writer.segments] == sorted(p.name for p in writer.segments)
+    assert all(SEGMENT_NAME.match(p.name) for p in writer.segments)
+    assert sorted(tmp_path.iterdir()) == sorted(writer.segments)  # no partial or probe file left
+    assert [decoded_frames(p) for p in writer.segments] == [20, 20, 15]
+
+
+def test_mjpg_segments_use_avi(tmp_path: Path) -> None:
+    writer = record(tmp_path, 25, codec="MJPG")
+    assert [p.suffix for p in writer.segments] == [".avi", ".avi"]
+    assert sum(decoded_frames(p) for p in writer.segments) == 25
+
+
+def test_video_retention_by_count(tmp_path: Path) -> None:
+    writer = record(tmp_path, 55, Retention(max_files=2))
+    assert writer.deleted == 1
+    assert sorted(tmp_path.iterdir()) == writer.segments[1:]
+
+
+def test_video_retention_by_bytes_keeps_the_newest_that_fit(tmp_path: Path) -> None:
+    sizes = [p.stat().st_size for p in record(tmp_path / "free", 55).segments]
+    writer = record(tmp_path / "capped", 55, Retention(max_bytes=sizes[1] + sizes[2]))
+    assert sorted((tmp_path / "capped").iterdir()) == writer.segments[1:]
+    assert writer.deleted == 1
+
+
+def test_newest_segment_survives_a_byte_limit_it_alone_exceeds(tmp_path: Path) -> None:
+    writer = record(tmp_path, 45, Retention(max_bytes=1))
+    assert list(tmp_path.iterdir()) == [writer.segments[-1]]
+    assert decoded_frames(writer.segments[-1]) == 5
+
+
+def test_old_segments_from_an_earlier_run_are_pruned_too(tmp_path: Path) -> None:
+    old = make_files(tmp_path, [10, 10, 10])  # names from 2000 sort before today's
+    writer = record(tmp_path, 20, Retention(max_files=2))
+    assert sorted(tmp_path.iterdir()) == [old[2], writer.segments[0]]
+
+
+def test_writer_thread_error_surfaces_as_output_error(tmp_path: Path) -> None:
+    directory = tmp_path / "video"
+    writer = SegmentedVideoWriter(directory, (W, H), 10.0, segment_seconds=2.0, retention=Retention())
+    clip = frames(45)
+    for frame in clip[:20]:
+        writer.write(frame)
+    deadline = time.monotonic() + 60
+    while not writer.segments and time.monotonic() < deadline:  # first segment finished
+        time.sleep(0.01)
+    assert len(writer.segments) == 1
+    shutil.rmtree(directory)  # the next segment cannot be opened
+    with pytest.raises(OutputError, match=re.escape(str(directory))):
+        for frame in clip[20:]:
+            writer.write(frame)
+        writer.close()
+    with pytest.raises(OutputError):  # no silent drops afterwards either
+        writer.write(clip[0])
+    writer.close()
+
+
+def test_unwritable_codec_names_the_codec_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"'ZZZZ'.*mp4v or MJPG"):
+        SegmentedVideoWriter(tmp_path, (W, H), 10.0, segment_seconds=2.0, codec="ZZZZ", retention=Retention())
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OutputError, match="cannot create video directory"):
+        SegmentedVideoWriter(blocker / "video", (W, H), 10.0, segment_seconds=2.0, retention=Retention())
+
+
+def test_wrong_frame_size_is_refused(tmp_path: Path) -> None:
+    writer = SegmentedVideoWriter(tmp_path, (W, H), 10.0, segment_seconds=2.0, retention=Retention())
+    with pytest.raises(OutputError, match="frame"):
+        writer.write(np.zeros((H * 2, W * 2, 3), np.uint8))
+    writer.close()
+    assert writer.segments == []
+
+
+# -- RollingCsvLog -------------------------------------------------------------------------------
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+FER_PROBS = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.79], np.float32)  # FER2013 order: neutral last
+
+
+def face(face_id: int = 1, probs: np.ndarray = FER_PROBS, label: str = "neutral") -> FaceResult:
+    return FaceResult(face_id=face_id, box=(10, 20, 30, 40), probabilities=probs, label=label,
+                      confidence=float(probs.max()))
+
+
+def csv_log(directory: Path, clock: Clock, **kwargs) -> RollingCsvLog:
+    options = dict(labels=FER2013_ORDER, source="/dev/video0", max_bytes=0, rotate_seconds=0,
+                   retention=Retention(), clock=clock)
+    options.update(kwargs)
+    return RollingCsvLog(directory, **options)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_columns_follow_alphabetical_emotions_whatever_the_model_order(tmp_path: Path) -> None:
+    clock = Clock()
+    log = csv_log(tmp_path, clock, source="/videos/a,b.mp4")
+    log.write(1_800_000_000.123, 7, [face(3)])
+    log.close()
+    with open(log.files[0], newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header == ["timestamp", "frame", "source", "face_id", "x", "y", "w", "h", "emotion", "confidence"] + [
+        f"p_{e}" for e in EMOTIONS]
+    (row,) = read_rows(log.files[0])
+    assert row["p_neutral"] == "0.7900" and row["p_sad"] == "0.0500" and row["p_surprise"] == "0.0600"
+    assert row["p_angry"] == "0.0100" and row["p_happy"] == "0.0400"
+    assert (row["frame"], row["face_id"], row["x"], row["h"]) == ("7", "3", "10", "40")
+    assert row["emotion"] == "neutral" and row["confidence"] == "0.7900"
+    assert row["source"] == "/videos/a,b.mp4"  # quoted, not split
+
+
+def test_timestamps_are_iso8601_with_offset_and_milliseconds(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock())
+    log.write(1_800_000_000.123, 0, [face()])
+    log.close()
+    (row,) = read_rows(log.files[0])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", row["timestamp"])
+    stamp = datetime.fromisoformat(row["timestamp"])
+    assert stamp.utcoffset() is not None
+    assert stamp.timestamp() == pytest.approx(1_800_000_000.123, abs=1e-6)
+
+
+def test_labels_outside_emotions_get_extra_columns_and_missing_ones_stay_empty(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock(), labels=("sad", "contempt", "happy"))
+    log.write(1_800_000_000.0, 0, [face(probs=np.array([0.2, 0.3, 0.5]), label="happy")])
+    log.close()
+    (row,) = read_rows(log.files[0])
+    assert list(row)[-8:] == [f"p_{e}" for e in EMOTIONS] + ["p_contempt"]
+    assert (row["p_sad"], row["p_happy"], row["p_contempt"], row["p_angry"]) == ("0.2000", "0.5000", "0.3000", "")
+
+
+def test_rows_reach_disk_within_flush_seconds_via_tick(tmp_path: Path) -> None:
+    clock = Clock(1000.0)
+    log = csv_log(tmp_path, clock, flush_seconds=1.0)
+    path = log.files[0]
+    clock.now = 1000.2
+    log.write(clock.now, 1, [face(1), face(2)])
+    log.tick(1000.5)
+    assert len(read_rows(path)) == 0  # header only, read through another handle
+    assert path.read_text().startswith("timestamp,")
+    log.tick(1001.0)
+    assert [r["face_id"] for r in read_rows(path)] == ["1", "2"]
+    assert log.rows_written == 2
+    log.close()
+
+
+def test_size_rotation_puts_a_header_in_every_file_and_loses_no_row(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock(), max_bytes=700)
+    for i in range(40):
+        log.write(1_800_000_000.0 + i, i, [face(i)])
+    log.close()
+    assert len(log.files) > 3
+    assert all(CSV_NAME.match(p.name) for p in log.files)
+    assert [p.name for p in log.files] == sorted(p.name for p in log.files)
+    for path in log.files:
+        assert path.read_text().startswith("timestamp,frame,source,")
+        assert path.stat().st_size <= 700
+    rows = [r for p in log.files for r in read_rows(p)]
+    assert [int(r["frame"]) for r in rows] == list(range(40))
+    assert log.rows_written == 40
+
+
+def test_time_rotation(tmp_path: Path) -> None:
+    clock = Clock(1000.0)
+    log = csv_log(tmp_path, clock, rotate_seconds=60)
+    for t in (1000.0, 1030.0, 1061.0, 1100.0, 1125.0):
+        clock.now = t
+        log.write(t, int(t), [face()])
+    log.close()
+    assert [[r["frame"] for r in read_rows(p)] for p in log.files] == [["1000", "1030"], ["1061", "1100"], ["1125"]]
+
+
+def test_csv_retention_keeps_newest_files_including_the_open_one(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock(), max_bytes=500, retention=Retention(max_files=3))
+    for i in range(40):
+        log.write(1_800_000_000.0, i, [face(i)])
+        assert log.path is not None and log.path.exists()
+    assert len(log.files) > 5
+    assert sorted(tmp_path.glob("*.csv")) == log.files[-3:]
+    log.close()
+
+
+def test_reopen_starts_a_new_file(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock())
+    log.write(1_800_000_000.0, 1, [face()])
+    log.reopen()
+    log.write(1_800_000_001.0, 2, [face()])
+    log.close()
+    assert [[r["frame"] for r in read_rows(p)] for p in log.files] == [["1"], ["2"]]
+
+
+def test_write_failure_raises_and_keeps_the_rows_until_they_can_be_written(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock(1000.0))
+    path = log.files[0]
+    for i in range(5):
+        log.write(1000.0, i, [face(i)])
+    # A real write error: the kernel refuses to grow any file past RLIMIT_FSIZE (EFBIG), like a full
+    # disk would (CPython ignores SIGXFSZ, so the write just fails).
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 10, hard))
+    try:
+        with pytest.raises(OutputError, match=re.escape(str(tmp_path))):
+            log.tick(1002.0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    log.close()  # now the rows fit
+    assert [r["frame"] for r in read_rows(path)] == ["0", "1", "2", "3", "4"]
+
+
+def test_directory_that_cannot_be_created_for_csv(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot create CSV directory"):
+        csv_log(blocker / "csv", Clock())
+
+
+# -- Display -------------------------------------------------------------------------------------
+@pytest.mark.skipif(gui_available(), reason="this OpenCV has a GUI; the headless error cannot happen")
+def test_display_on_headless_opencv_says_what_to_install() -> None:
+    with pytest.raises(Unavailable, match=r"opencv-python.*python3-opencv") as info:
+        Display()
+    assert info.value.exit_code == 69
+
+
+def test_sinks_import_does_not_need_a_display() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    done = subprocess.run([sys.executable, "-c", "import fer_edge.sinks"], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,266 @@
+"""sd_notify over real unix sockets, the unit file under systemd-analyze, the example config and
+the installer."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from fer_edge.config import Config, load_config
+from fer_edge.errors import Unavailable
+from fer_edge.resources import EXAMPLE_CONFIG, UNIT_FILE, find_resource
+from fer_edge.service import install_service
+from fer_edge.systemd import Notifier
+
+# -- Notifier ------------------------------------------------------------------------------------
+@pytest.fixture
+def listener(tmp_path: Path):
+    """A datagram socket standing in for systemd's notify socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify"
+    sock.bind(str(path))
+    sock.setblocking(False)  # local datagrams are queued by sendto(): nothing to wait for
+    yield sock, str(path)
+    sock.close()
+
+
+def received(sock: socket.socket) -> list[str]:
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+def test_ready_status_stopping_watchdog(listener) -> None:
+    sock, path = listener
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    assert notifier.enabled
+    assert notifier.ready("camera open")
+    assert notifier.status("12.5 fps, 2 faces")
+    assert notifier.watchdog()
+    assert notifier.stopping()
+    assert notifier.notify(STATUS="two\nlines", ERRNO=5)
+    assert notifier.send("EXTEND_TIMEOUT_USEC=5000000")
+    assert received(sock) == ["READY=1\nSTATUS=camera open", "STATUS=12.5 fps, 2 faces", "WATCHDOG=1",
+                              "STOPPING=1", "STATUS=two lines\nERRNO=5", "EXTEND_TIMEOUT_USEC=5000000"]
+    notifier.close()
+
+
+def test_abstract_namespace_socket() -> None:
+    name = f"fer-edge-test-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.setblocking(False)
+    try:
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).ready()
+        assert received(sock) == ["READY=1"]
+    finally:
+        sock.close()
+
+
+def test_watchdog_pings_at_half_the_timeout(listener) -> None:
+    sock, path = listener
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())})
+    assert notifier.watchdog_interval == 15.0
+    sent = [notifier.maybe_watchdog(t) for t in (100.0, 110.0, 115.0, 120.0, 130.1)]
+    assert sent == [True, False, True, False, True]
+    assert received(sock) == ["WATCHDOG=1"] * 3
+
+
+def test_watchdog_meant_for_another_process_is_ignored(listener) -> None:
+    sock, path = listener
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)})
+    assert notifier.watchdog_interval is None
+    assert not notifier.maybe_watchdog(100.0)
+    assert received(sock) == []
+
+
+def test_without_notify_socket_everything_is_a_no_op() -> None:
+    notifier = Notifier({"WATCHDOG_USEC": "30000000"})
+    assert not notifier.enabled
+    assert not notifier.ready("x")
+    assert not notifier.maybe_watchdog(100.0)
+
+
+def test_vanished_socket_never_raises(tmp_path: Path) -> None:
+    path = tmp_path / "gone"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+    sock.close()
+    path.unlink()
+    assert notifier.enabled
+    assert not notifier.ready()
+    assert not notifier.watchdog()
+
+
+# -- unit file -----------------------------------------------------------------------------------
+def unit_directives(text: str) -> list[tuple[str, str, str]]:
+    section, out = "", []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out.append((section, key, value))
+    return out
+
+
+def verify(unit: Path) -> list[str]:
+    """systemd-analyze verify's complaints. It exits 0 even for unknown keys or unparsable values
+    (it only warns on stderr), so any output counts as a failure."""
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                          env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
+    lines = (done.stdout + done.stderr).splitlines()
+    # the service user only exists once the installer has run; some systemd versions say so
+    lines = [ln for ln in lines if not re.search(r"(user|group).*fer-edge.*(not found|unknown|No such)", ln, re.I)]
+    return lines + ([f"exit status {done.returncode}"] if done.returncode else [])
+
+
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+def unit_copy(tmp_path: Path, text: str) -> Path:
+    """The unit with ExecStart pointing at an executable that exists here (/opt/fer-edge does not)."""
+    path = tmp_path / "fer-edge.service"
+    path.write_text(re.sub(r"^ExecStart=\S+", f"ExecStart={shutil.which('true')}", text, flags=re.M))
+    return path
+
+
+@needs_analyze
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    assert verify(unit_copy(tmp_path, find_resource(UNIT_FILE).read_text())) == []
+
+
+@needs_analyze
+def test_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
+    broken = find_resource(UNIT_FILE).read_text().replace("WatchdogSec=30", "WatchdogSec=thirty")
+    assert any("thirty" in line or "WatchdogSec" in line or "sec value" in line
+               for line in verify(unit_copy(tmp_path, broken)))
+
+
+def test_unit_runs_hardened_but_with_the_camera() -> None:
+    directives = unit_directives(find_resource(UNIT_FILE).read_text())
+    service = {(key, value) for section, key, value in directives if section == "Service"}
+    for pair in [("Type", "notify"), ("NotifyAccess", "main"), ("WatchdogSec", "30"), ("Restart", "on-failure"),
+                 ("RestartSec", "10"), ("RestartPreventExitStatus", "78"), ("User", "fer-edge"),
+                 ("Group", "fer-edge"), ("SupplementaryGroups", "video"), ("StateDirectory", "fer-edge"),
+                 ("LogsDirectory", "fer-edge"), ("ExecReload", "/bin/kill -HUP $MAINPID"),
+                 ("KillSignal", "SIGTERM"), ("TimeoutStopSec", "20"), ("NoNewPrivileges", "yes"),
+                 ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
+                 ("ProtectKernelTunables", "yes"), ("ProtectKernelModules", "yes"),
+                 ("ProtectControlGroups", "yes"), ("RestrictSUIDSGID", "yes"), ("LockPersonality", "yes"),
+                 ("DevicePolicy", "closed"), ("DeviceAllow", "char-video4linux rw"),
+                 ("DeviceAllow", "char-media rw"), ("DeviceAllow", "char-dma_heap rw"),
+                 ("DeviceAllow", "/dev/vchiq rw"),
+                 ("ExecStart", "/opt/fer-edge/venv/bin/fer-edge run --config /etc/fer-edge/config.toml")]:
+        assert pair in service, pair
+    assert not any(key == "PrivateDevices" for _, key, _ in directives)  # it would hide /dev/video*
+    unit = {key for section, key, _ in directives if section == "Unit"}
+    assert {"StartLimitIntervalSec", "StartLimitBurst"} <= unit  # in [Unit] since systemd 230
+
+
+# -- example config ------------------------------------------------------------------------------
+def test_example_config_lists_every_key_with_its_default() -> None:
+    path = find_resource(EXAMPLE_CONFIG)
+    text = path.read_text()
+    doc = tomllib.loads(text)
+    defaults = Config()
+    assert list(doc) == [f.name for f in dataclasses.fields(Config)]
+    for section in dataclasses.fields(Config):
+        expected = dataclasses.asdict(getattr(defaults, section.name))
+        assert list(doc[section.name]) == list(expected), section.name
+        for key, value in expected.items():
+            if (section.name, key) != ("output", "directory"):
+                assert doc[section.name][key] == value, f"{section.name}.{key}"
+    for line in text.splitlines():
+        if re.match(r"^\w+ = ", line):
+            assert re.search(r"\s#\s\S", line), f"no comment: {line}"
+    cfg = load_config(path)
+    assert cfg.output.directory == "/var/lib/fer-edge"
+    assert cfg.source.kind == "auto"
+
+
+# -- installer -----------------------------------------------------------------------------------
+def test_dry_run_names_each_step_and_touches_nothing(tmp_path: Path) -> None:
+    config, units = tmp_path / "etc" / "config.toml", tmp_path / "units"
+    steps = install_service(dry_run=True, executable=Path("/opt/x/bin/fer-edge"), user="fer-edge-test-nobody",
+                            config_path=config, unit_dir=units)
+    assert steps[0].startswith("useradd --system") and "--groups video" in steps[0]
+    assert steps[0].endswith(" fer-edge-test-nobody")
+    assert steps[1].startswith("install ") and steps[1].endswith(str(config))
+    assert steps[2].startswith("sed ") and steps[2].endswith(f"> {units / 'fer-edge.service'}")
+    assert f"ExecStart=/opt/x/bin/fer-edge run --config {config}" in steps[2]
+    assert steps[3:] == ["systemctl daemon-reload", "systemctl enable --now fer-edge.service"]
+    assert list(tmp_path.iterdir()) == []
+
+
+class Recorder:
+    """Stands in for subprocess.run: installing for real would create a user and start a service on
+    this machine (a hardware/OS edge tests cannot cross), so the commands are recorded instead."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def __call__(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        self.commands.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_install_writes_config_and_unit_and_runs_the_commands(tmp_path: Path) -> None:
+    exe = tmp_path / "venv" / "bin" / "fer-edge"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    config, units, runner = tmp_path / "etc" / "config.toml", tmp_path / "units", Recorder()
+    steps = install_service(dry_run=False, executable=exe, config_path=config, unit_dir=units, runner=runner)
+
+    assert config.read_text() == find_resource(EXAMPLE_CONFIG).read_text()
+    unit = (units / "fer-edge.service").read_text()
+    assert f"ExecStart={exe} run --config {config}\n" in unit
+    assert "/opt/fer-edge" not in unit
+    assert [" ".join(c) for c in runner.commands] == [steps[0], "systemctl daemon-reload",
+                                                      "systemctl enable --now fer-edge.service"]
+    assert runner.commands[0][0] in ("useradd", "usermod")
+    if shutil.which("systemd-analyze"):
+        assert verify(units / "fer-edge.service") == []
+
+    # a second run keeps the administrator's edited config
+    config.write_text('[output]\ndirectory = "/srv/fer"\n')
+    steps = install_service(dry_run=False, executable=exe, config_path=config, unit_dir=units, runner=Recorder())
+    assert steps[1].startswith("# keep")
+    assert config.read_text() == '[output]\ndirectory = "/srv/fer"\n'
+
+
+def test_install_for_an_existing_user_adds_it_to_video(tmp_path: Path) -> None:
+    steps = install_service(dry_run=True, executable=Path("/x/fer-edge"), user="root",
+                            config_path=tmp_path / "c.toml", unit_dir=tmp_path)
+    assert steps[0] == "usermod --append --groups video root"
+    assert "User=root" in steps[2] and "Group=root" in steps[2]
+
+
+def test_install_without_root_says_run_with_sudo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() == 0:
+        # Tests here run as root, and an unprivileged user cannot reach this interpreter: pretend to
+        # be uid 1000 for the one check that reads it.
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(Unavailable, match="run with sudo") as info:
+        install_service(dry_run=False, config_path=tmp_path / "c.toml", unit_dir=tmp_path)
+    assert info.value.exit_code == 69
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
