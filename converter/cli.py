@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from fer_edge.cli_support import run_main
+from fer_edge.cli_support import attach_negative_values, run_main
 from fer_edge.errors import UsageError
 from fer_edge.labels import parse_labels
 from fer_edge.metrics import format_report, save_confusion_png
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(attach_negative_values(argv))
     if args.calibration_samples < 1:
         raise UsageError("--calibration-samples must be at least 1")
     labels = None if args.labels == "auto" else parse_labels(args.labels)

@@ -18,3 +18,14 @@ def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Seque
         return 130
     except BrokenPipeError:  # `fer-edge ... | head`
         return 0
+
+
+def attach_negative_values(argv: Sequence[str], options: Sequence[str] = ("--input-range",)) -> list[str]:
+    """argparse reads `--input-range -1,1` as a missing value plus an unknown option `-1,1`."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in options and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out

@@ -1,0 +1,461 @@
+"""fer-train: train fer-edge's own edge-sized expression CNN on FER2013 (optionally with FER+ votes).
+
+The model it writes is the *inference* model only: input 48x48x1 grey scaled to [0, 1]
+(`pixels / 255`), softmax outputs in the Kaggle folder (alphabetical) order. Augmentation runs in
+the tf.data pipeline, so nothing of it is saved into the model fer-convert turns into int8:
+
+    fer-convert OUT/fer_edge_cnn.keras -o fer_edge_cnn_int8.tflite --labels kaggle --input-range 0,1 \
+        --calibration fer2013/train --evaluate fer2013/test --report report.json
+
+The validation split is carved from the *training* data (stratified, seeded); the test split is
+only ever evaluated once, at the end, with the best checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fer_edge import __version__
+from fer_edge.datasets import FaceSet, load_faces, stratified_indices
+from fer_edge.errors import DataError, InputMissing, OutputError, UsageError
+from fer_edge.labels import KAGGLE_ORDER
+from fer_edge.metrics import classification_report, format_report, save_confusion_png
+
+Log = Callable[[str], None]
+
+MODEL_NAME = "fer_edge_cnn"
+INPUT_SIDE = 48
+INPUT_RANGE = "0,1"  # the model takes pixels / 255; fer-convert --input-range 0,1
+LABELS = "kaggle"  # outputs in KAGGLE_ORDER; fer-convert --labels kaggle
+# Channels per stage (two 3x3 conv + BN + ReLU each, 2x2 max-pool between stages): 48→24→12→6.
+STAGES = (32, 64, 128, 192)
+CLASS_WEIGHTINGS = ("sqrt", "balanced", "none")
+# FER+ columns (fer2013new.csv) that are among our seven classes; contempt/unknown/NF are dropped.
+FERPLUS_COLUMNS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
+                   "neutral": "neutral", "sad": "sadness", "surprise": "surprise"}
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    epochs: int = 40
+    batch_size: int = 64
+    seed: int = 0
+    val_fraction: float = 0.1
+    limit: int | None = None
+    test: Path | None = None
+    ferplus: Path | None = None
+    ferplus_weight: float = 0.5  # soft target = (1-w) * FER2013 one-hot + w * FER+ vote share
+    learning_rate: float = 2e-3  # AdamW peak, after a linear warm-up, then cosine to zero
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    patience: int = 10  # early stopping on validation accuracy
+    class_weighting: str = "sqrt"
+    width: float = 1.0  # scales every stage's channels (smoke tests use less)
+    dropout: float = 0.4
+    steps_per_epoch: int | None = None  # cap (smoke tests); default: one pass over the training split
+    usage: str = "Training"  # rows of a fer2013.csv to train on
+    progress: bool = False
+    stages: tuple[int, ...] = STAGES
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise UsageError("--val-fraction must be between 0 and 0.5 (e.g. 0.1)")
+        if self.limit is not None and self.limit < 50:
+            raise UsageError("--limit must be at least 50 faces (a few per class for training and validation)")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise UsageError("--steps-per-epoch must be at least 1")
+        if self.learning_rate <= 0:
+            raise UsageError("--learning-rate must be positive")
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise UsageError(f"--class-weighting must be one of {', '.join(CLASS_WEIGHTINGS)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError("--label-smoothing must be in [0, 1)")
+        if not 0.0 < self.width <= 2.0:
+            raise UsageError("--width must be in (0, 2]")
+        if not 0.0 <= self.ferplus_weight <= 1.0:
+            raise UsageError("--ferplus-weight must be in [0, 1]")
+        if self.patience < 1:
+            raise UsageError("--patience must be at least 1")
+
+
+# --------------------------------------------------------------------------- data
+
+def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, val) index arrays over the training data."""
+    n_val = max(1, int(round(len(labels) * fraction)))
+    val = stratified_indices(labels, n_val, seed=seed + 1)
+    mask = np.ones(len(labels), bool)
+    mask[val] = False
+    return np.flatnonzero(mask), val
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
+    """Per-class loss weights with mean 1 over the samples.
+
+    `balanced` is N / (K n_c) (every class counts equally); `sqrt` is its square root, which lifts
+    the rare `disgust` class (436 of 28,709 faces) about 4x over `happy` without letting its noisy
+    few faces dominate the gradient.
+    """
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    if mode == "none":
+        return np.ones(n_classes, np.float32)
+    raw = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    weights = np.sqrt(raw) if mode == "sqrt" else raw
+    weights /= (weights[labels]).mean()
+    return weights.astype(np.float32)
+
+
+def load_training_faces(cfg: TrainConfig, log: Log) -> tuple[FaceSet, np.ndarray]:
+    """The training faces and their targets (n, 7): one-hot, or blended with FER+ vote shares."""
+    data = Path(cfg.data)
+    is_csv = data.is_file() and data.suffix.lower() == ".csv"
+    if cfg.ferplus is not None and not is_csv:
+        if not data.exists():
+            raise InputMissing(f"dataset {data} not found; give a folder of <class>/*.jpg or a fer2013.csv file")
+        raise UsageError("--ferplus needs DATA as fer2013.csv: FER+ rows follow fer2013.csv row order, and "
+                         "Kaggle folder names (Training_<id>.jpg) carry no row number to match them by")
+    # A CSV is loaded whole and subset here, so FER+ rows can be aligned first.
+    faces = load_faces(data, usage=cfg.usage if is_csv else None, limit=None if is_csv else cfg.limit,
+                       seed=cfg.seed, warn=log)
+    if tuple(faces.classes) != KAGGLE_ORDER:
+        raise DataError(f"dataset {data}: classes {faces.classes} are not the seven FER2013 emotions")
+    targets = np.eye(len(KAGGLE_ORDER), dtype=np.float32)[faces.labels]
+    if cfg.ferplus is not None:
+        votes = load_ferplus(Path(cfg.ferplus), cfg.usage, faces, log)
+        has = votes.sum(axis=1) > 0
+        shares = np.where(has[:, None], votes / np.maximum(votes.sum(axis=1, keepdims=True), 1), targets)
+        targets = ((1 - cfg.ferplus_weight) * targets + cfg.ferplus_weight * shares).astype(np.float32)
+    if is_csv and cfg.limit is not None and cfg.limit < len(faces):
+        keep = stratified_indices(faces.labels, cfg.limit, cfg.seed)
+        faces = FaceSet(faces.images[keep], faces.labels[keep], faces.classes, faces.source, faces.skipped)
+        targets = targets[keep]
+    return faces, targets
+
+
+def load_ferplus(path: Path, usage: str, faces: FaceSet, log: Log) -> np.ndarray:
+    """FER+ votes (n, 7, KAGGLE_ORDER) for the `usage` rows of fer2013.csv, aligned by row order.
+
+    Alignment is checked, not assumed: every CSV row must have been kept, the counts must match,
+    and the FER+ majority must agree with the FER2013 label far above chance.
+    """
+    if not path.is_file():
+        raise InputMissing(f"FER+ file {path} not found; give fer2013new.csv from microsoft/FERPlus")
+    if faces.skipped:
+        raise DataError(f"--ferplus: {len(faces.skipped)} row(s) of {faces.source} were skipped as bad, "
+                        "so FER+ rows can no longer be matched by row order; fix the CSV first")
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, [])]
+        missing = [c for c in ["usage", *FERPLUS_COLUMNS.values()] if c not in header]
+        if missing:
+            raise DataError(f"FER+ file {path}: header lacks {', '.join(missing)}; expected fer2013new.csv "
+                            "(Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,...)")
+        cols = [header.index(FERPLUS_COLUMNS[name]) for name in KAGGLE_ORDER]
+        col_usage = header.index("usage")
+        rows = []
+        for line in reader:
+            if not line or line[col_usage].strip() != usage:
+                continue
+            try:
+                rows.append([float(line[c]) for c in cols])
+            except (ValueError, IndexError):
+                raise DataError(f"FER+ file {path}: line {reader.line_num} has non-numeric votes") from None
+    votes = np.asarray(rows, np.float32).reshape(-1, len(KAGGLE_ORDER))
+    if len(votes) != len(faces):
+        raise DataError(f"--ferplus: {path} has {len(votes)} {usage} rows but {faces.source} has {len(faces)}; "
+                        "they must be the same fer2013.csv rows in the same order")
+    has = votes.sum(axis=1) > 0
+    agreement = float((votes[has].argmax(axis=1) == faces.labels[has]).mean()) if has.any() else 0.0
+    if agreement < 0.5:
+        raise DataError(f"--ferplus: FER+ majority agrees with the FER2013 label on only {agreement:.0%} of "
+                        f"rows (expected about 70-80%); {path} does not line up with {faces.source}")
+    log(f"FER+ soft labels: {has.sum()} of {len(votes)} rows have emotion votes; "
+        f"majority agrees with FER2013 on {agreement:.1%}")
+    return votes
+
+
+# --------------------------------------------------------------------------- model
+
+def build_model(stages: tuple[int, ...] = STAGES, width: float = 1.0, dropout: float = 0.4,
+                n_classes: int = len(KAGGLE_ORDER)):
+    """fer_edge_cnn: a VGG-style stack of 3x3 conv-BN-ReLU pairs, global average pooling, softmax.
+
+    Plain 3x3 convolutions (no depthwise) because they are what int8 XNNPACK/oneDNN run fastest
+    per useful parameter at this size, and they quantize with almost no loss.
+    """
+    from keras import layers
+
+    inputs = keras.Input((INPUT_SIDE, INPUT_SIDE, 1), name="face")
+    x = inputs
+    for s, channels in enumerate(stages):
+        f = max(8, int(round(channels * width)))
+        for j in range(2):
+            x = layers.Conv2D(f, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
+                              name=f"s{s + 1}_conv{j + 1}")(x)
+            x = layers.BatchNormalization(name=f"s{s + 1}_bn{j + 1}")(x)
+            x = layers.ReLU(name=f"s{s + 1}_relu{j + 1}")(x)
+        if s < len(stages) - 1:
+            x = layers.MaxPooling2D(name=f"s{s + 1}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="emotion")(x)
+    return keras.Model(inputs, outputs, name=MODEL_NAME)
+
+
+def augmenter(seed: int):
+    """Train-time only: flips, shifts, rotation, zoom, brightness, contrast (inputs in [0, 1])."""
+    from keras import layers
+
+    return keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(12 / 360, fill_mode="reflect", seed=seed + 1),
+        layers.RandomZoom((-0.15, 0.15), fill_mode="reflect", seed=seed + 2),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+        layers.RandomBrightness(0.2, value_range=(0.0, 1.0), seed=seed + 4),
+        layers.RandomContrast(0.3, seed=seed + 5),
+    ], name="augment")
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to zero at `total` steps."""
+
+    def __init__(self, peak: float, warmup: int, total: int):
+        self.peak, self.warmup, self.total = float(peak), int(warmup), int(max(total, 1))
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        warm = self.peak * (step + 1.0) / float(max(self.warmup, 1))
+        progress = ops.clip((step - self.warmup) / float(max(self.total - self.warmup, 1)), 0.0, 1.0)
+        cosine = 0.5 * self.peak * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step < self.warmup, warm, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
+
+
+def make_dataset(images: np.ndarray, targets: np.ndarray, weights: np.ndarray | None, batch_size: int,
+                 seed: int, augment: bool, shuffle: bool):
+    x = images[..., None]  # uint8 (n, 48, 48, 1): scaled in the graph, 4x less memory than float
+    items = (x, targets) if weights is None else (x, targets, weights)
+    ds = tf.data.Dataset.from_tensor_slices(items)
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=shuffle)
+    aug = augmenter(seed) if augment else None
+
+    def prepare(x, *rest):
+        x = tf.cast(x, tf.float32) / 255.0
+        if aug is not None:
+            x = tf.clip_by_value(aug(x, training=True), 0.0, 1.0)
+        return (x, *rest)
+
+    # One map call at a time keeps the augmentation random stream (and so the run) reproducible.
+    return ds.map(prepare, num_parallel_calls=1 if augment else tf.data.AUTOTUNE).prefetch(2)
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class TrainResult:
+    out: Path
+    model_path: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def predict_probs(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    outs = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size, ..., None].astype(np.float32) / 255.0
+        outs.append(np.asarray(model(batch, training=False)))
+    return np.concatenate(outs) if outs else np.empty((0, len(KAGGLE_ORDER)), np.float32)
+
+
+def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> TrainResult:
+    cfg.check()
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder for the model and reports")
+    test_path = Path(cfg.test) if cfg.test is not None else None
+    if test_path is not None and not test_path.exists():
+        raise InputMissing(f"--test {test_path} not found; give a FER2013 test folder or CSV")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create --out {out} ({exc.strerror}); choose a writable folder") from None
+
+    started = time.time()
+    faces, targets = load_training_faces(cfg, log)
+    n_classes = len(KAGGLE_ORDER)
+    counts = np.bincount(faces.labels, minlength=n_classes)
+    if (counts < 2).any():
+        thin = [KAGGLE_ORDER[i] for i in np.flatnonzero(counts < 2)]
+        raise DataError(f"dataset {cfg.data}: class(es) {', '.join(thin)} have fewer than 2 faces; "
+                        "cannot split off validation faces (raise --limit?)")
+    train_idx, val_idx = split_train_val(faces.labels, cfg.val_fraction, cfg.seed)
+    log(f"data: {len(faces)} faces from {faces.source}: {len(train_idx)} train / {len(val_idx)} validation "
+        f"(stratified, seed {cfg.seed}); " + ", ".join(f"{k} {v}" for k, v in faces.counts().items()))
+
+    keras.utils.set_random_seed(cfg.seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # older TF: best effort
+        pass
+
+    weights = class_weights(faces.labels[train_idx], n_classes, cfg.class_weighting)
+    log("class weights (" + cfg.class_weighting + "): "
+        + ", ".join(f"{name} {w:.2f}" for name, w in zip(KAGGLE_ORDER, weights)))
+    train_ds = make_dataset(faces.images[train_idx], targets[train_idx], weights[faces.labels[train_idx]],
+                            cfg.batch_size, cfg.seed, augment=True, shuffle=True)
+    val_targets = np.eye(n_classes, dtype=np.float32)[faces.labels[val_idx]]  # FER2013 labels: what we report
+    val_ds = make_dataset(faces.images[val_idx], val_targets, None, 256, cfg.seed, augment=False, shuffle=False)
+    full_steps = max(1, len(train_idx) // cfg.batch_size)
+    steps = min(full_steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else full_steps
+    if steps < full_steps:
+        train_ds = train_ds.repeat()
+    total_steps = steps * cfg.epochs
+    warmup = int(round(min(cfg.warmup_epochs * steps, 0.3 * total_steps)))
+
+    model = build_model(cfg.stages, cfg.width, cfg.dropout, n_classes)
+    params = int(model.count_params())
+    log(f"model {MODEL_NAME}: {params:,} parameters; {cfg.epochs} epoch(s) x {steps} steps of {cfg.batch_size}")
+    schedule = WarmupCosine(cfg.learning_rate, warmup, total_steps)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+    model_path = out / f"{MODEL_NAME}.keras"
+    log_path = out / "training_log.csv"
+    batch_losses: list[float] = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if logs and "loss" in logs:
+                batch_losses.append(float(logs["loss"]))  # running mean over the epoch so far
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["lr"] = float(keras.ops.convert_to_numpy(schedule(self.model.optimizer.iterations)))
+                logs["elapsed_s"] = round(time.time() - started, 1)
+            if not cfg.progress and logs:
+                log(f"epoch {epoch + 1}/{cfg.epochs}: loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f} "
+                    f"val_loss {logs.get('val_loss', 0):.4f} val_acc {logs.get('val_accuracy', 0):.4f} "
+                    f"lr {logs['lr']:.2e} ({logs['elapsed_s']:.0f} s)")
+
+    callbacks = [
+        Recorder(),
+        keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience,
+                                      restore_best_weights=False),
+        keras.callbacks.CSVLogger(str(log_path)),
+    ]
+    fit_start = time.time()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=1 if cfg.progress else 0)
+    fit_seconds = time.time() - fit_start
+    epochs_run = len(history.history.get("loss", []))
+
+    best = keras.models.load_model(str(model_path), compile=False)
+    best.save(str(model_path))  # again without the optimizer state: a third of the size
+    val_probs = predict_probs(best, faces.images[val_idx])
+    val_report = classification_report(faces.labels[val_idx], val_probs.argmax(1), KAGGLE_ORDER)
+    best_epoch = int(np.argmax(history.history["val_accuracy"])) + 1
+    log(format_report(val_report, f"validation (best checkpoint, epoch {best_epoch})"))
+
+    summary: dict[str, Any] = {
+        "model": model_path.name,
+        "architecture": {"name": MODEL_NAME, "stages": [max(8, int(round(c * cfg.width))) for c in cfg.stages],
+                         "convs_per_stage": 2, "head": "global average pool, dropout, dense softmax",
+                         "parameters": params, "input": [INPUT_SIDE, INPUT_SIDE, 1]},
+        "input_range": INPUT_RANGE,
+        "labels": LABELS,
+        "classes": list(KAGGLE_ORDER),
+        "convert_command": (f"fer-convert {model_path.name} -o {MODEL_NAME}_int8.tflite --labels {LABELS} "
+                            f"--input-range {INPUT_RANGE} --calibration TRAIN_DATA --evaluate TEST_DATA "
+                            "--report report.json"),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "progress"},
+        "data": {"source": faces.source, "faces": len(faces), "train": int(len(train_idx)),
+                 "validation": int(len(val_idx)), "counts": faces.counts(),
+                 "ferplus": str(cfg.ferplus) if cfg.ferplus else None},
+        "class_weights": {name: round(float(w), 4) for name, w in zip(KAGGLE_ORDER, weights)},
+        "schedule": {"steps_per_epoch": steps, "warmup_steps": warmup, "total_steps": total_steps,
+                     "peak_lr": cfg.learning_rate, "optimizer": "AdamW", "weight_decay": cfg.weight_decay},
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "stopped_early": epochs_run < cfg.epochs,
+        "fit_seconds": round(fit_seconds, 1),
+        "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 1),
+        "batch_losses": [round(v, 5) for v in batch_losses],
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "validation": val_report,
+        "environment": {"fer_edge": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                        "python": platform.python_version(), "machine": platform.machine(),
+                        "cpus": os.cpu_count()},
+    }
+    confusion_source, confusion_title = val_report, f"{MODEL_NAME} float, validation split"
+    text = [format_report(val_report, f"validation split ({len(val_idx)} faces from the training data), "
+                                      f"best checkpoint epoch {best_epoch}")]
+    if test_path is not None:
+        test_faces = load_faces(test_path, usage="PublicTest" if test_path.suffix.lower() == ".csv" else None,
+                                warn=log)
+        test_report = classification_report(test_faces.labels, predict_probs(best, test_faces.images).argmax(1),
+                                            KAGGLE_ORDER)
+        summary["test"] = {"source": test_faces.source, **test_report}
+        text.append(format_report(test_report, f"test {test_faces.source} ({len(test_faces)} faces), float model"))
+        confusion_source, confusion_title = test_report, f"{MODEL_NAME} float, {Path(test_faces.source).name}"
+        log(text[-1])
+    summary["wall_seconds"] = round(time.time() - started, 1)
+
+    save_confusion_png(confusion_source, str(out / "confusion.png"), confusion_title)
+    save_learning_curves(history.history, out / "learning_curves.png", best_epoch)
+    (out / "classification_report.txt").write_text("\n\n".join(text) + "\n")
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(out, model_path, summary)
+
+
+def save_learning_curves(history: dict[str, list[float]], path: Path, best_epoch: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
+    for ax, key, title in ((axes[0], "loss", "loss (train: smoothed, weighted)"),
+                           (axes[1], "accuracy", "accuracy")):
+        ax.plot(epochs, history.get(key, []), label="train (augmented)")
+        ax.plot(epochs, history.get(f"val_{key}", []), label="validation")
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[2].plot(epochs, history.get("lr", []))
+    axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""fer-train: train fer-edge's own edge-sized expression CNN; fer-convert then makes it int8."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from fer_edge.cli_support import run_main
+from fer_edge.errors import InputMissing, UsageError
+
+CLASS_WEIGHTINGS = ("sqrt", "balanced", "none")  # mirrors converter.train (imported lazily: TensorFlow)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fer-train",
+        description="Train fer_edge_cnn (48x48 grey in, 7 emotions out in Kaggle alphabetical order, "
+                    "input pixels/255 in [0,1]) on FER2013, with augmentation, class weighting, label "
+                    "smoothing, warm-up + cosine LR, early stopping and best-checkpoint saving.",
+        epilog="example: fer-train fer2013/train --out runs/cnn --epochs 40 --test fer2013/test; then "
+               "fer-convert runs/cnn/fer_edge_cnn.keras -o cnn_int8.tflite --labels kaggle --input-range 0,1 "
+               "--calibration fer2013/train --evaluate fer2013/test --report report.json")
+    p.add_argument("data", type=Path, help="training faces: a FER2013 folder (<class>/*.jpg) or fer2013.csv "
+                   "(its Training rows); the validation split is carved from these")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder for the model (fer_edge_cnn.keras), training_log.csv, learning_curves.png, "
+                        "confusion.png, classification_report.txt and training_summary.json")
+    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40; early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int, default=64, help="default 64")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation, shuffling and "
+                   "augmentation (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training data held out for validation, stratified (default 0.1)")
+    p.add_argument("--limit", type=int, metavar="N", help="use a stratified subset of N faces (smoke tests)")
+    p.add_argument("--test", type=Path, metavar="PATH",
+                   help="labelled test faces (folder, or CSV: its PublicTest rows) to evaluate the best "
+                        "checkpoint on once, at the end")
+    p.add_argument("--ferplus", type=Path, metavar="PATH",
+                   help="FER+ fer2013new.csv: blend its crowd votes into soft targets (needs DATA as "
+                        "fer2013.csv; Kaggle folder file names cannot be matched to FER+ rows)")
+    p.add_argument("--ferplus-weight", type=float, default=0.5,
+                   help="soft target = (1-w) * FER2013 label + w * FER+ vote share (default 0.5)")
+    p.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW peak learning rate (default 2e-3)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default 5e-4)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
+    p.add_argument("--class-weighting", choices=CLASS_WEIGHTINGS, default="sqrt",
+                   help="loss weight per class: sqrt of inverse frequency (default), balanced, or none")
+    p.add_argument("--patience", type=int, default=10,
+                   help="early stopping: epochs without a better validation accuracy (default 10)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    p.add_argument("--steps-per-epoch", type=int, metavar="N", help="cap steps per epoch (smoke tests)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.data.exists():
+        raise InputMissing(f"dataset {args.data} not found; give a FER2013 folder (<class>/*.jpg) or fer2013.csv")
+    for name in ("epochs", "batch_size", "patience"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+
+    from .train import TrainConfig, train  # imports TensorFlow: after argument errors are out of the way
+
+    cfg = TrainConfig(
+        data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        val_fraction=args.val_fraction, limit=args.limit, test=args.test, ferplus=args.ferplus,
+        ferplus_weight=args.ferplus_weight, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, patience=args.patience, class_weighting=args.class_weighting,
+        width=args.width, steps_per_epoch=args.steps_per_epoch,
+        progress=sys.stderr.isatty() and not args.quiet)
+    result = train(cfg, log)
+    s = result.summary
+    val = s["validation"]
+    print(f"model: {result.model_path} ({s['architecture']['parameters']:,} parameters); "
+          f"{s['epochs_run']} epoch(s) in {s['fit_seconds']:.0f} s, best epoch {s['best_epoch']}")
+    print(f"validation accuracy {val['accuracy'] * 100:.2f}% (macro F1 {val['macro_f1']:.3f}) "
+          f"on {val['samples']} faces held out of the training data")
+    if "test" in s:
+        print(f"test accuracy {s['test']['accuracy'] * 100:.2f}% (macro F1 {s['test']['macro_f1']:.3f}) "
+              f"on {s['test']['samples']} faces, float model")
+    print(f"convert: fer-convert {result.model_path} -o {result.out / 'fer_edge_cnn_int8.tflite'} "
+          f"--labels {s['labels']} --input-range {s['input_range']} --calibration {args.data} "
+          + (f"--evaluate {args.test} " if args.test else "") + f"--report {result.out / 'report.json'}")
+    return 0
+
+
+def entry() -> int:
+    return run_main("fer-train", main)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -1,0 +1,51 @@
+"""Drawing results onto frames: box, label + confidence, per-emotion bars, frame rate."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .records import FaceResult
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+# BGR; one fixed colour per emotion so a glance at a recording reads the same every day.
+COLOURS = {
+    "angry": (40, 40, 230), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (40, 200, 240),
+    "neutral": (190, 190, 190), "sad": (200, 120, 40), "surprise": (40, 160, 255),
+}
+OTHER = (255, 255, 255)
+
+
+class Annotator:
+    def __init__(self, labels: Sequence[str], bars: bool = True):
+        self.labels = tuple(labels)
+        self.bars = bars
+        self._colours = [COLOURS.get(name, OTHER) for name in self.labels]
+        self._short = [name[:3] for name in self.labels]  # bar captions, prepared once
+
+    def draw(self, image: np.ndarray, faces: Sequence[FaceResult], fps: float | None = None) -> None:
+        for face in faces:
+            x, y, w, h = face.box
+            colour = COLOURS.get(face.label, OTHER)
+            cv2.rectangle(image, (x, y), (x + w, y + h), colour, 2)
+            text = f"#{face.face_id} {face.label} {face.confidence * 100:.0f}%"
+            cv2.putText(image, text, (x, max(12, y - 6)), FONT, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(image, text, (x, max(12, y - 6)), FONT, 0.5, colour, 1, cv2.LINE_AA)
+            if self.bars:
+                self._bars(image, face)
+        if fps is not None:
+            cv2.putText(image, f"{fps:.1f} fps", (8, 20), FONT, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(image, f"{fps:.1f} fps", (8, 20), FONT, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+
+    def _bars(self, image: np.ndarray, face: FaceResult) -> None:
+        x, y, w, h = face.box
+        bar_w, row = 60, 12
+        left = x + w + 6 if x + w + 6 + 28 + bar_w < image.shape[1] else max(0, x - 34 - bar_w)
+        for i, p in enumerate(face.probabilities):
+            top = y + i * row
+            if top + row > image.shape[0]:
+                break
+            cv2.putText(image, self._short[i], (left, top + 9), FONT, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.rectangle(image, (left + 26, top + 2), (left + 26 + int(bar_w * float(p)), top + row - 2),
+                          self._colours[i], -1)

@@ -1,0 +1,351 @@
+"""fer-edge: the one entry point on the device.
+
+  fer-edge run        camera/video → faces → emotions → annotated video + CSV (the daemon)
+  fer-edge detect     faces and emotions in images, as JSON
+  fer-edge evaluate   accuracy of a .tflite model on a labelled face set
+  fer-edge doctor     check runtime, OpenCV, cascade, cameras, model, disk; say what to fix
+  fer-edge config     print the effective configuration
+  fer-edge install-service   install the systemd unit (--dry-run prints the steps)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .cli_support import attach_negative_values, run_main
+from .config import Config, SERVICE_CONFIG, load_config, to_toml
+from .errors import DataError, InputMissing, OutputError, UsageError
+from .modelmeta import ModelInfo, read_model_info
+from .resources import DEFAULT_MODEL, find_resource
+
+LIVE_KINDS = ("auto", "picamera2", "v4l2")
+
+
+def log(message: str) -> None:
+    print(f"fer-edge: {message}", file=sys.stderr, flush=True)
+
+
+# --- shared options --------------------------------------------------------------------------
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="PATH.tflite", help="TFLite model (default: the bundled model)")
+    p.add_argument("--threads", type=int, metavar="N", help="interpreter threads (model.num_threads)")
+    p.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"),
+                   help="TFLite runtime to use (default: the best installed)")
+    p.add_argument("--labels", help="for a .tflite without fer-edge metadata: kaggle, fer2013 or a list")
+    p.add_argument("--input-range", metavar="LO,HI", help="for a .tflite without metadata: 0,1 or -1,1")
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help=f"TOML configuration (the service uses {SERVICE_CONFIG})")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any configuration key, e.g. --set video.segment_seconds=60")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    source = getattr(args, "source", None)
+    if source is not None:
+        if source in LIVE_KINDS:
+            overrides["source.kind"] = source
+        else:
+            overrides["source.path"] = source
+            if not (source.startswith("/dev/") or source.isdigit()):
+                overrides["source.kind"] = "file"
+    simple = {"output": "output.directory", "every": "analysis.every", "model": "model.path",
+              "threads": "model.num_threads", "detection_width": "detection.width",
+              "segment_seconds": "video.segment_seconds"}
+    for attr, key in simple.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = str(value) if attr == "output" else value
+    if getattr(args, "display", False):
+        overrides["display.enabled"] = True
+    if getattr(args, "no_video", False):
+        overrides["video.enabled"] = False
+    if getattr(args, "no_csv", False):
+        overrides["csv.enabled"] = False
+    if getattr(args, "realtime", False):
+        overrides["source.realtime"] = True
+    if getattr(args, "runtime", None):
+        overrides["model.runtime"] = args.runtime
+    for item in getattr(args, "set", []) or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UsageError(f"--set {item!r}: write it as SECTION.KEY=VALUE, e.g. video.enabled=false")
+        overrides[key.strip()] = value.strip()
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def model_path(cfg: Config) -> Path:
+    return Path(cfg.model.path) if cfg.model.path else find_resource(DEFAULT_MODEL)
+
+
+def model_info_override(args: argparse.Namespace, path: Path) -> ModelInfo | None:
+    """--labels / --input-range for a plain TFLite model that carries no fer-edge metadata."""
+    if not (getattr(args, "labels", None) or getattr(args, "input_range", None)):
+        return None
+    from .labels import parse_labels
+    from .runtime import load_runtime
+
+    stored = read_model_info(path)
+    _, interpreter_cls = load_runtime(getattr(args, "runtime", None))
+    interp = interpreter_cls(model_path=str(path))
+    shape = [int(x) for x in interp.get_input_details()[0]["shape"]]
+    channels = shape[3] if len(shape) == 4 else 1
+    labels = parse_labels(args.labels) if args.labels else (stored.labels if stored else None)
+    if labels is None:
+        raise UsageError(f"model {path} has no metadata: --labels is needed with --input-range")
+    if args.input_range:
+        try:
+            lo, hi = (float(v) for v in args.input_range.replace("[", "").replace("]", "").split(","))
+        except ValueError:
+            raise UsageError(f"--input-range {args.input_range!r}: write it as 0,1 or -1,1") from None
+    elif stored:
+        lo, hi = stored.input_range
+    else:
+        raise UsageError(f"model {path} has no metadata: --input-range is needed with --labels")
+    return ModelInfo(labels, shape[1], shape[2], channels, (lo, hi), "grey" if channels == 1 else "rgb")
+
+
+def open_classifier(args: argparse.Namespace, cfg: Config):
+    from .runtime import EmotionClassifier
+
+    path = model_path(cfg)
+    classifier = EmotionClassifier(path, num_threads=cfg.model.num_threads, runtime=cfg.model.runtime or None,
+                                   info=model_info_override(args, path))
+    info = classifier.info
+    log(f"model {path.name}: {info.extra.get('quantization', 'tflite')}, labels {', '.join(info.labels)}; "
+        f"input {info.describe_preprocessing()}; runtime {classifier.runtime_name}, "
+        f"{cfg.model.num_threads} thread(s)")
+    return classifier
+
+
+# --- commands --------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .detector import FaceDetector
+    from .pipeline import Pipeline
+    from .sinks import Display, Retention, RollingCsvLog, SegmentedVideoWriter
+    from .sources import open_source
+    from .systemd import Notifier
+
+    cfg = config_from_args(args)
+    out = Path(cfg.output.directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"output directory {out} cannot be created ({exc.strerror}); "
+                          "choose another with --output") from None
+    classifier = open_classifier(args, cfg)
+    detector = FaceDetector(cfg.detection)
+    source = open_source(cfg.source, cfg.detection.width)
+    video = csv = display = None
+    try:
+        if cfg.video.enabled:
+            v = cfg.video
+            video = SegmentedVideoWriter(out / "video", source.frame_size, source.fps,
+                                         segment_seconds=v.segment_seconds, codec=v.codec,
+                                         retention=Retention(v.max_files, v.max_bytes, v.min_free_bytes))
+        if cfg.csv.enabled:
+            c = cfg.csv
+            csv = RollingCsvLog(out / "csv", labels=classifier.labels, source=source.name, max_bytes=c.max_bytes,
+                                rotate_seconds=c.rotate_seconds, flush_seconds=c.flush_seconds,
+                                retention=Retention(max_files=c.max_files, max_bytes=c.max_total_bytes))
+        if cfg.display.enabled:
+            display = Display()
+    except BaseException:
+        for sink in (video, csv, source):
+            if sink is not None:
+                sink.close()
+        raise
+    every = f"every {cfg.analysis.every} frame(s)" if cfg.analysis.every else \
+        f"adaptive, {cfg.analysis.target_fps:g} analyses/s"
+    log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
+        f"analysis {every}; detection width {cfg.detection.width}; output {out}")
+    pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
+                        notifier=Notifier())
+    pipeline.install_signal_handlers()
+    stats = pipeline.run(max_frames=args.max_frames)
+    summary = {
+        "frames": stats.frames, "analysed": stats.analysed, "faces": stats.faces,
+        "seconds": round(stats.seconds, 2), "fps": round(stats.fps, 1), "dropped": source.dropped,
+        "video_segments": [str(p) for p in video.segments] if video else [],
+        "csv_files": [str(p) for p in csv.files] if csv else [], "csv_rows": csv.rows_written if csv else 0,
+        "stage_ms_per_frame": stats.stage_ms_per_frame(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        log(f"done: {stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} fps), "
+            f"{stats.analysed} analysed, {stats.faces} face detections, {source.dropped} dropped")
+        if video:
+            log(f"video: {len(video.segments)} segment(s) in {out / 'video'}")
+        if csv:
+            log(f"csv: {csv.rows_written} row(s) in {len(csv.files)} file(s) in {out / 'csv'}")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from .detector import FaceDetector
+    from .pipeline import crop_face
+
+    cfg = config_from_args(args)
+    classifier = open_classifier(args, cfg)
+    detector = FaceDetector(cfg.detection)
+    results = []
+    for name in args.images:
+        path = Path(name)
+        if not path.is_file():
+            raise InputMissing(f"image {path} not found")
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DataError(f"image {path} could not be decoded; give a JPEG/PNG/BMP file")
+        boxes = detector.detect(image)
+        crops = [crop_face(image, box, cfg.analysis.face_margin, classifier.info.input_channels == 1)
+                 for box in boxes]
+        probs = classifier.predict(crops)
+        faces = []
+        for box, p in zip(boxes, probs):
+            best = int(p.argmax())
+            faces.append({"box": [int(v) for v in box], "emotion": classifier.labels[best],
+                          "confidence": round(float(p[best]), 4),
+                          "probabilities": {k: round(float(v), 4) for k, v in zip(classifier.labels, p)}})
+        results.append({"image": str(path), "width": image.shape[1], "height": image.shape[0], "faces": faces})
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .datasets import load_faces
+    from .metrics import classification_report, format_report
+    from .runtime import EmotionClassifier, fit_faces
+
+    path = Path(args.model)
+    classifier = EmotionClassifier(path, num_threads=args.threads, runtime=args.runtime,
+                                   info=model_info_override(args, path))
+    faces = load_faces(args.dataset, usage=args.usage, limit=args.limit, strict=args.strict,
+                       warn=lambda m: log(f"warning: {m}"))
+    labels = classifier.labels
+    unknown = sorted({n for n in faces.names() if n not in labels})
+    if unknown:
+        raise DataError(f"{args.dataset} has classes the model does not know: {', '.join(unknown)}")
+    truth = np.asarray([labels.index(n) for n in faces.names()])
+    fitted = fit_faces(faces.images, classifier.info)
+    predicted = np.concatenate([classifier.predict(fitted[i:i + 256]).argmax(1)
+                                for i in range(0, len(fitted), 256)])
+    report = classification_report(truth, predicted, labels)
+    report.update({"model": str(path), "dataset": str(args.dataset), "runtime": classifier.runtime_name})
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report, f"{path.name} on {args.dataset} ({classifier.runtime_name})"))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(to_toml(config_from_args(args)), end="")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+    return run_doctor(args, config_from_args, model_path, log)
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from .service import install_service
+
+    steps = install_service(dry_run=args.dry_run, executable=args.executable, user=args.user)
+    print(("would run:\n" if args.dry_run else "done:\n") + "\n".join(f"  {s}" for s in steps))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n\n")[0] if __doc__ else None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Run 'fer-edge COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version", version=f"fer-edge {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="camera/video → annotated video + CSV log (the daemon)")
+    run.add_argument("--source", metavar="SRC",
+                     help="auto, picamera2, v4l2, a camera index or /dev/videoN, or a video file")
+    run.add_argument("--output", metavar="DIR", help="where video/ and csv/ go (output.directory)")
+    run.add_argument("--display", action="store_true", help="show the annotated feed on a screen ('q' quits)")
+    run.add_argument("--no-video", action="store_true", help="write the CSV log only")
+    run.add_argument("--no-csv", action="store_true", help="write the video only")
+    run.add_argument("--every", type=int, metavar="N", help="analyse every Nth frame (0: adaptive)")
+    run.add_argument("--realtime", action="store_true", help="pace a video file at its own fps, like a camera")
+    run.add_argument("--detection-width", type=int, metavar="PX", help="width of the frame Haar runs on")
+    run.add_argument("--segment-seconds", type=float, metavar="S", help="video segment length")
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    add_model_options(run)
+    add_config_options(run)
+    run.set_defaults(func=cmd_run)
+
+    det = sub.add_parser("detect", help="faces and emotions in images, as JSON")
+    det.add_argument("images", nargs="+", metavar="IMAGE")
+    add_model_options(det)
+    add_config_options(det)
+    det.set_defaults(func=cmd_detect)
+
+    ev = sub.add_parser("evaluate", help="accuracy of a .tflite model on labelled faces (no TensorFlow)")
+    ev.add_argument("model", metavar="MODEL.tflite")
+    ev.add_argument("dataset", type=Path, metavar="PATH", help="FER2013 folder (<class>/*.jpg) or fer2013.csv")
+    ev.add_argument("--json", action="store_true", help="one JSON object: accuracy, per_class, confusion, samples")
+    ev.add_argument("--usage", metavar="NAME", help="with a fer2013.csv: only rows with this Usage")
+    ev.add_argument("--limit", type=int, metavar="N", help="a stratified sample of N faces")
+    ev.add_argument("--strict", action="store_true", help="refuse a CSV with bad rows instead of skipping them")
+    ev.add_argument("--threads", type=int, default=None, metavar="N")
+    ev.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"))
+    ev.add_argument("--labels", help="for a .tflite without fer-edge metadata: kaggle, fer2013 or a list")
+    ev.add_argument("--input-range", metavar="LO,HI", help="for a .tflite without metadata: 0,1 or -1,1")
+    ev.set_defaults(func=cmd_evaluate)
+
+    doc = sub.add_parser("doctor", help="check this machine and say what to fix")
+    add_model_options(doc)
+    add_config_options(doc)
+    doc.add_argument("--output", metavar="DIR", help="output directory to check")
+    doc.set_defaults(func=cmd_doctor)
+
+    conf = sub.add_parser("config", help="print the effective configuration as TOML")
+    add_config_options(conf)
+    conf.set_defaults(func=cmd_config)
+
+    svc = sub.add_parser("install-service", help="install and start the systemd service (needs sudo)")
+    svc.add_argument("--dry-run", action="store_true", help="print what it would do, change nothing")
+    svc.add_argument("--executable", type=Path, help="fer-edge executable for ExecStart (default: this one)")
+    svc.add_argument("--user", default="fer-edge", help="service user (default fer-edge)")
+    svc.set_defaults(func=cmd_install_service)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(attach_negative_values(argv))
+    if not args.command:
+        parser.print_help()
+        return 64
+    for name in ("threads", "every", "max_frames", "detection_width", "limit"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name == "every" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} {value}: must be {'0 or more' if name == 'every' else 'positive'}")
+    return args.func(args)
+
+
+def entry() -> int:
+    return run_main("fer-edge", main)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

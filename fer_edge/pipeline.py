@@ -1,0 +1,222 @@
+"""The loop: Frame → faces → predictions → sinks. Read it top to bottom in `Pipeline.run`.
+
+Analysis (detect + classify) runs on every Nth frame, or adaptively at a target rate of
+media time; the frames in between are annotated with the latest results and recorded. Each
+stage's time is accumulated so `fer-edge bench` and the systemd STATUS can say where it goes.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from .annotate import Annotator
+from .config import Config
+from .detector import FaceDetector
+from .records import FaceResult
+from .runtime import EmotionClassifier
+from .sources import Frame, Source
+from .tracker import FaceTracker
+
+STAGES = ("capture", "detect", "preprocess", "infer", "track", "annotate", "encode", "log", "display")
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    analysed: int = 0
+    faces: int = 0  # face detections over analysed frames
+    frames_with_faces: int = 0  # frames whose shown results include a face
+    seconds: float = 0.0
+    first_analysis_s: Optional[float] = None  # from Pipeline construction to the first analysed frame
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def stage_ms_per_frame(self) -> dict[str, float]:
+        return {k: round(1000 * v / max(1, self.frames), 3) for k, v in self.stage_s.items()}
+
+
+def crop_face(image: np.ndarray, box: np.ndarray, margin: float, grey: bool) -> np.ndarray:
+    """The face's pixels in the model's colour space; converting only the crop, not the frame."""
+    x, y, w, h = (int(v) for v in box)
+    if margin:
+        dx, dy = int(w * margin / 2), int(h * margin / 2)
+        x, y, w, h = x - dx, y - dy, w + 2 * dx, h + 2 * dy
+    crop = image[max(0, y):y + h, max(0, x):x + w]
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY if grey else cv2.COLOR_BGR2RGB)
+
+
+class Scheduler:
+    """Which frames to analyse: every Nth, or adaptively `target_fps` times per second of media."""
+
+    def __init__(self, every: int, target_fps: float):
+        self.every = every
+        self.interval = 1.0 / target_fps
+        self._next_ts = -math.inf
+
+    def due(self, frame: Frame) -> bool:
+        if self.every > 0:
+            return frame.index % self.every == 0
+        if frame.timestamp + 1e-6 >= self._next_ts:
+            # Step from the due time, not from now, so the rate holds; resync after a long gap.
+            self._next_ts = max(self._next_ts + self.interval, frame.timestamp + self.interval / 2) \
+                if self._next_ts > -math.inf else frame.timestamp + self.interval
+            return True
+        return False
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, source: Source, classifier: EmotionClassifier, detector: FaceDetector,
+                 *, video=None, csv=None, display=None, notifier=None,
+                 on_analysis: Optional[Callable[[Frame, list[FaceResult]], None]] = None):
+        self.t_created = time.perf_counter()
+        self.cfg = cfg
+        self.source, self.classifier, self.detector = source, classifier, detector
+        self.video, self.csv, self.display, self.notifier = video, csv, display, notifier
+        self.on_analysis = on_analysis
+        self.scheduler = Scheduler(cfg.analysis.every, cfg.analysis.target_fps)
+        self.tracker = FaceTracker(classifier.labels, smoothing=cfg.analysis.smoothing)
+        self.annotator = Annotator(classifier.labels, bars=cfg.video.bars)
+        self.draw = video is not None or display is not None  # headless CSV-only: never touch pixels
+        self.grey_faces = classifier.info.input_channels == 1
+        self.margin = cfg.analysis.face_margin
+        self.stats = RunStats()
+        self.stop_event = threading.Event()
+        self.reopen_event = threading.Event()
+
+    # --- signals -------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT end the loop cleanly (segment closed, CSV flushed); SIGHUP reopens logs."""
+        def stop(signum, _frame):
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reopen_event.set())
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, max_frames: int | None = None) -> RunStats:
+        st, clock = self.stats, time.perf_counter
+        stage = st.stage_s
+        started = clock()
+        last_status = started
+        shown: list[FaceResult] = []
+        fps_window = _RateMeter()
+        if self.notifier is not None:
+            self.notifier.ready(f"running on {self.source.name}")
+        try:
+            while not self.stop_event.is_set():
+                t0 = clock()
+                frame = self.source.read()  # 1. capture
+                t1 = clock()
+                stage["capture"] += t1 - t0
+                if frame is None:
+                    break
+                if self.scheduler.due(frame):  # 2. analyse: faces → predictions
+                    detected = self._analyse(frame)
+                    shown = self.tracker.visible()
+                    st.analysed += 1
+                    st.faces += len(detected)
+                    if st.first_analysis_s is None:
+                        st.first_analysis_s = clock() - self.t_created
+                    t2 = clock()
+                    if self.csv is not None:
+                        self.csv.write(frame.wall_time, frame.index, detected)
+                    if self.on_analysis is not None:
+                        self.on_analysis(frame, detected)
+                    stage["log"] += clock() - t2
+                st.frames_with_faces += bool(shown)
+                if self.draw:  # 3. sinks
+                    t3 = clock()
+                    self.annotator.draw(frame.image, shown, fps_window.rate)
+                    t4 = clock()
+                    stage["annotate"] += t4 - t3
+                    if self.video is not None:
+                        self.video.write(frame.image)
+                    t5 = clock()
+                    stage["encode"] += t5 - t4
+                    if self.display is not None and not self.display.show(frame.image):
+                        self.stop_event.set()
+                    stage["display"] += clock() - t5
+                st.frames += 1
+                fps_window.tick(clock())
+                now = clock()
+                if self.csv is not None:
+                    self.csv.tick()
+                    if self.reopen_event.is_set():
+                        self.reopen_event.clear()
+                        self.csv.reopen()
+                if self.notifier is not None:
+                    self.notifier.maybe_watchdog(now)
+                    if now - last_status >= 5.0:
+                        last_status = now
+                        self.notifier.status(self.status_line(now - started))
+                if max_frames is not None and st.frames >= max_frames:
+                    break
+        finally:
+            st.seconds = clock() - started
+            self.close()
+        return st
+
+    def _analyse(self, frame: Frame) -> list[FaceResult]:
+        stage, clock = self.stats.stage_s, time.perf_counter
+        t0 = clock()
+        boxes = self.detector.detect(frame.image, frame.grey_small)
+        t1 = clock()
+        crops = [crop_face(frame.image, box, self.margin, self.grey_faces) for box in boxes]
+        t2 = clock()
+        probs = self.classifier.predict(crops)  # every face of the frame in one invoke
+        t3 = clock()
+        detected = self.tracker.update(boxes, probs)
+        stage["detect"] += t1 - t0
+        stage["preprocess"] += t2 - t1
+        stage["infer"] += t3 - t2
+        stage["track"] += clock() - t3
+        return detected
+
+    def status_line(self, elapsed: float) -> str:
+        st = self.stats
+        return (f"frames {st.frames}, {st.frames / max(elapsed, 1e-9):.1f} fps, analysed {st.analysed}, "
+                f"faces {st.faces}, dropped {self.source.dropped}")
+
+    def close(self) -> None:
+        """Close every sink even if one fails, so a segment is finalised and the CSV flushed."""
+        if self.notifier is not None:
+            self.notifier.stopping()
+        errors = []
+        for sink in (self.video, self.csv, self.display, self.source):
+            if sink is None:
+                continue
+            try:
+                sink.close()
+            except Exception as exc:  # keep closing the others
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+class _RateMeter:
+    """Frames per second over the last second or so, for the on-frame counter."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._t0: float | None = None
+        self._n = 0
+
+    def tick(self, now: float) -> None:
+        if self._t0 is None:
+            self._t0 = now
+        self._n += 1
+        if now - self._t0 >= 1.0:
+            self.rate = self._n / (now - self._t0)
+            self._t0, self._n = now, 0
