@@ -6,6 +6,7 @@
   fer-edge doctor     check runtime, OpenCV, cascade, cameras, model, disk; say what to fix
   fer-edge config     print the effective configuration
   fer-edge install-service   install the systemd unit (--dry-run prints the steps)
+  fer-edge bench      measure the pipeline on this device
 """
 from __future__ import annotations
 
@@ -268,6 +269,11 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    return run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n\n")[0] if __doc__ else None,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -326,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--executable", type=Path, help="fer-edge executable for ExecStart (default: this one)")
     svc.add_argument("--user", default="fer-edge", help="service user (default fer-edge)")
     svc.set_defaults(func=cmd_install_service)
+    bench = sub.add_parser("bench", help="measure the pipeline on this device (fps, per-stage ms, RSS)")
+    bench.add_argument("video", nargs="?", metavar="VIDEO", help="video file (default: the bundled sample)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_options(bench)
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

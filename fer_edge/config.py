@@ -46,7 +46,7 @@ class DetectionConfig:
 @dataclass
 class ModelConfig:
     path: str = ""  # empty: the bundled default model
-    num_threads: int = 2
+    num_threads: int = 1  # a face is ~0.2 ms of work: thread hand-off costs more than it saves
     runtime: str = ""  # empty: best present (litert, tflite-runtime, tensorflow)
 
 
