@@ -1,0 +1,130 @@
+"""fer-edge doctor: check each thing the daemon needs and say what to fix."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .errors import FerEdgeError
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path: Callable,
+               log: Callable[[str], None]) -> int:
+    results: list[tuple[str, str, str]] = []
+
+    def check(name: str, fn: Callable[[], tuple[str, str]]) -> object:
+        try:
+            status, detail = fn()
+        except FerEdgeError as exc:
+            status, detail = FAIL, str(exc)
+        except Exception as exc:  # doctor must report, never crash
+            status, detail = FAIL, f"{type(exc).__name__}: {exc}"
+        results.append((status, name, detail))
+        return status
+
+    check("python", lambda: (OK if sys.version_info >= (3, 9) else FAIL,
+                             f"{platform.python_version()} on {platform.machine()} ({sys.executable})"))
+    cfg_holder: dict = {}
+
+    def config():
+        cfg_holder["cfg"] = config_from_args(args)
+        return OK, f"{args.config or 'built-in defaults'}"
+    check("config", config)
+
+    def numpy_check():
+        import numpy
+        return OK, numpy.__version__
+    check("numpy", numpy_check)
+
+    def opencv():
+        import cv2
+        major = int(cv2.__version__.split(".")[0])
+        if major >= 5:
+            return FAIL, (f"OpenCV {cv2.__version__} has no Haar cascades; "
+                          "pip install 'opencv-python-headless>=4.8,<5'")
+        return OK, f"{cv2.__version__} from {Path(cv2.__file__).parent}"
+    check("opencv", opencv)
+
+    def cascade():
+        from .config import DetectionConfig
+        from .detector import find_cascade
+        cfg = cfg_holder.get("cfg")
+        return OK, str(find_cascade(cfg.detection.cascade if cfg else DetectionConfig().cascade))
+    check("haar cascade", cascade)
+
+    def runtime():
+        from .runtime import load_runtime
+        cfg = cfg_holder.get("cfg")
+        name, _ = load_runtime(cfg.model.runtime if cfg and cfg.model.runtime else None)
+        note = " (deprecated: pip install ai-edge-litert)" if name == "tensorflow" else ""
+        return (WARN if note else OK), f"{name}{note}"
+    check("tflite runtime", runtime)
+
+    def model():
+        from .runtime import EmotionClassifier
+        cfg = cfg_holder.get("cfg")
+        if cfg is None:
+            return FAIL, "configuration did not load"
+        path = model_path(cfg)
+        clf = EmotionClassifier(path, num_threads=1, runtime=cfg.model.runtime or None)
+        import numpy as np
+        probs = clf.predict([np.full((48, 48), 128, np.uint8)])
+        return OK, (f"{path} ({path.stat().st_size / 1024:.0f} KiB, {clf.info.extra.get('quantization', '?')}, "
+                    f"{len(clf.labels)} labels, sums to {probs.sum():.2f})")
+    check("model", model)
+
+    def cameras():
+        from .sources import picamera2_cameras, v4l2_devices
+        found = []
+        pi_cameras = 0
+        try:
+            import picamera2  # noqa: F401
+            pi_cameras = len(picamera2_cameras())
+            found.append(f"picamera2: {pi_cameras} camera(s)")
+        except ImportError:
+            found.append("picamera2 not installed (Pi camera: sudo apt install python3-picamera2, "
+                         "venv with --system-site-packages)")
+        devices = v4l2_devices()
+        unreadable = [d for d in devices if not os.access(d, os.R_OK | os.W_OK)]
+        found.append(f"V4L2: {', '.join(devices) or 'none'}")
+        if unreadable:
+            found.append(f"no access to {', '.join(unreadable)}: add this user to the 'video' group")
+        any_camera = pi_cameras > 0 or bool(devices)
+        return (OK if any_camera and not unreadable else WARN), "; ".join(found)
+    check("cameras", cameras)
+
+    def output():
+        cfg = cfg_holder.get("cfg")
+        out = Path(getattr(args, "output", None) or (cfg.output.directory if cfg else "."))
+        probe = out
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            return FAIL, f"{out} is not writable by this user; choose --output or fix permissions"
+        free = shutil.disk_usage(probe).free
+        need = cfg.video.min_free_bytes if cfg else 0
+        status = OK if free > max(need, 1) * 2 else WARN
+        return status, f"{out}: {free / 1024 ** 3:.1f} GiB free (video keeps {need / 1024 ** 2:.0f} MiB free)"
+    check("output", output)
+
+    def display():
+        from .sinks import gui_available
+        return OK, "OpenCV GUI available" if gui_available() else "headless OpenCV (fine for the service; " \
+            "--display needs opencv-python or apt python3-opencv)"
+    check("display", display)
+
+    width = max(len(name) for _, name, _ in results)
+    for status, name, detail in results:
+        print(f"[{status:>4}] {name:<{width}}  {detail}")
+    failed = [name for status, name, _ in results if status == FAIL]
+    if failed:
+        print(f"\n{len(failed)} problem(s): {', '.join(failed)}. Fix them and run fer-edge doctor again.")
+        return 1
+    print("\nall checks passed" + (" (with warnings)" if any(s == WARN for s, _, _ in results) else ""))
+    return 0

@@ -1,0 +1,342 @@
+"""The on-device daemon end to end: real videos, real OpenCV, real TFLite runtime, real files."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+VIDEOS = SHARED / "data" / "videos"
+SAMPLE = ROOT / "samples" / "sample_faces.mp4"
+needs_shared = pytest.mark.skipif(not (SHARED / "data").is_dir(),
+                                  reason="../shared (real FER2013 data and videos) is not present")
+
+
+def fer_edge(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fer_edge", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def read_csvs(folder: Path) -> tuple[list[Path], list[dict]]:
+    files = sorted(folder.glob("*.csv"))
+    rows = []
+    for f in files:
+        with f.open(newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return files, rows
+
+
+def frame_count(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+# --- the README's main command -----------------------------------------------------------------
+def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
+    result = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    segments = sorted((tmp_path / "video").glob("*.mp4"))
+    assert [str(p) for p in segments] == summary["video_segments"]
+    assert sum(frame_count(p) for p in segments) == 150 == summary["frames"]
+    files, rows = read_csvs(tmp_path / "csv")
+    assert len(rows) == summary["csv_rows"] > 10
+    assert {r["emotion"] for r in rows} == {"happy"}  # the astronaut smiles throughout
+    # No face while the camera looks at the shuttle model (about 4.2 s to 6.4 s at 15 fps).
+    assert not [r for r in rows if 66 <= int(r["frame"]) <= 93]
+    assert "litert" in result.stderr  # says which runtime loaded
+
+
+@needs_shared
+def test_every_frame_on_real_video_logs_a_face_per_frame(tmp_path):
+    video = VIDEOS / "all_emo.mp4"  # one face in every one of its 234 frames
+    result = fer_edge("run", "--source", str(video), "--output", str(tmp_path), "--every", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == summary["analysed"] == 234
+    files, rows = read_csvs(tmp_path / "csv")
+    frames_with_rows = {int(r["frame"]) for r in rows}
+    assert len(frames_with_rows) >= 0.9 * 234
+    labels = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    header = files[0].read_text().splitlines()[0].split(",")
+    assert header == ["timestamp", "frame", "source", "face_id", "x", "y", "w", "h", "emotion", "confidence",
+                      *[f"p_{name}" for name in labels]]
+    for row in rows:
+        stamp = datetime.fromisoformat(row["timestamp"])
+        assert stamp.utcoffset() is not None
+        probs = np.array([float(row[f"p_{name}"]) for name in labels])
+        assert abs(probs.sum() - 1) < 0.02
+        assert row["emotion"] == labels[int(probs.argmax())]
+        assert row["source"] == "all_emo.mp4"
+    # The clip is posed sad / surprise / anger: the log must see more than one emotion.
+    assert len({r["emotion"] for r in rows}) >= 2
+    # One person: the tracker keeps one id for nearly all of the clip.
+    ids = [r["face_id"] for r in rows]
+    assert max(ids.count(i) for i in set(ids)) >= 0.8 * len(ids)
+    segments = sorted((tmp_path / "video").glob("*.mp4"))
+    assert sum(frame_count(p) for p in segments) == 234
+
+
+@needs_shared
+def test_no_faces_no_rows_but_every_frame_recorded(tmp_path):
+    # A real video with its faces blacked out by the test: frames stay real, faces vanish.
+    src = cv2.VideoCapture(str(VIDEOS / "ckplus_S501_001_anger.avi"))
+    blank = tmp_path / "blank.avi"
+    out = cv2.VideoWriter(str(blank), cv2.VideoWriter_fourcc(*"MJPG"), 30, (720, 480))
+    n = 0
+    while True:
+        ok, frame = src.read()
+        if not ok:
+            break
+        frame[:, 150:600] = 0
+        out.write(frame)
+        n += 1
+    out.release()
+    result = fer_edge("run", "--source", str(blank), "--output", str(tmp_path / "o"), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["faces"] == 0 and summary["csv_rows"] == 0
+    assert sum(frame_count(p) for p in (tmp_path / "o" / "video").glob("*.avi")) + \
+        sum(frame_count(p) for p in (tmp_path / "o" / "video").glob("*.mp4")) == n
+
+
+@needs_shared
+def test_video_segments_rotate_and_retention_keeps_the_newest(tmp_path):
+    video = VIDEOS / "all_emo.mp4"  # 234 frames at 25 fps = 9.36 s
+    result = fer_edge("run", "--source", str(video), "--output", str(tmp_path / "all"), "--segment-seconds", "3")
+    assert result.returncode == 0, result.stderr
+    segments = sorted((tmp_path / "all" / "video").glob("*.mp4"))
+    assert [frame_count(p) for p in segments] == [75, 75, 75, 9]
+    kept = fer_edge("run", "--source", str(video), "--output", str(tmp_path / "kept"), "--segment-seconds", "3",
+                    "--set", "video.max_files=2", "--json")
+    assert kept.returncode == 0, kept.stderr
+    remaining = sorted((tmp_path / "kept" / "video").glob("*.mp4"))
+    assert [frame_count(p) for p in remaining] == [75, 9]
+    assert not list((tmp_path / "kept" / "video").glob("*partial*"))
+
+
+@needs_shared
+def test_csv_rotates_by_size_with_a_header_in_every_file_and_no_row_lost(tmp_path):
+    result = fer_edge("run", "--source", str(VIDEOS / "all_emo.mp4"), "--output", str(tmp_path), "--every", "1",
+                      "--no-video", "--set", "csv.max_bytes=4000", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    files, rows = read_csvs(tmp_path / "csv")
+    assert len(files) >= 3
+    for f in files:
+        assert f.read_text().startswith("timestamp,frame,source,")
+    assert len(rows) == summary["csv_rows"] > 200
+    assert not (tmp_path / "video").exists()
+
+
+@needs_shared
+def test_sigterm_mid_run_leaves_valid_files_and_exits_0(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge", "run", "--source", str(VIDEOS / "woman2.mp4"),
+                             "--realtime", "--output", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    csv_dir = tmp_path / "csv"
+    while time.monotonic() < deadline:  # until rows have reached disk (flushed within a second)
+        files = list(csv_dir.glob("*.csv")) if csv_dir.is_dir() else []
+        if files and len(files[0].read_text().splitlines()) > 3:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("no CSV rows were flushed within 60 s")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    segments = list((tmp_path / "video").glob("*.mp4"))
+    assert len(segments) == 1 and "partial" not in segments[0].name
+    written = frame_count(segments[0])
+    assert 0 < written < 464  # cut short, yet a complete, decodable file
+    files, rows = read_csvs(csv_dir)
+    assert rows and all(r["p_happy"] for r in rows)
+    assert files[-1].read_text().endswith("\n")
+
+
+# --- errors a user can make --------------------------------------------------------------------
+def test_config_errors_exit_78_with_one_line(tmp_path):
+    bad_key = tmp_path / "bad_key.toml"
+    bad_key.write_text("[video]\nsegment_secs = 60\n")
+    one_line_error(fer_edge("run", "--config", str(bad_key)), 78, "segment_secs", "segment_seconds")
+    bad_value = tmp_path / "bad_value.toml"
+    bad_value.write_text("[detection]\nscale_factor = 0.9\n")
+    one_line_error(fer_edge("config", "--config", str(bad_value)), 78, "scale_factor")
+    not_toml = tmp_path / "broken.toml"
+    not_toml.write_text("[video\nenabled = true\n")
+    one_line_error(fer_edge("config", "--config", str(not_toml)), 78, "TOML")
+    one_line_error(fer_edge("config", "--config", str(tmp_path / "missing.toml")), 78, "not found")
+    one_line_error(fer_edge("config", "--set", "csv.flush_seconds=soon"), 78, "csv.flush_seconds")
+
+
+def test_config_prints_the_effective_configuration_which_reads_back(tmp_path):
+    result = fer_edge("config", "--set", "video.segment_seconds=60", "--set", "video.max_bytes=2G")
+    assert result.returncode == 0, result.stderr
+    assert "segment_seconds = 60.0" in result.stdout and f"max_bytes = {2 * 1024 ** 3}" in result.stdout
+    saved = tmp_path / "effective.toml"
+    saved.write_text(result.stdout)
+    again = fer_edge("config", "--config", str(saved))
+    assert again.stdout == result.stdout
+
+
+def test_missing_video_file(tmp_path):
+    one_line_error(fer_edge("run", "--source", str(tmp_path / "nope.mp4"), "--output", str(tmp_path)), 66,
+                   "nope.mp4", "not found")
+
+
+def test_file_that_is_not_a_video(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n")
+    one_line_error(fer_edge("run", "--source", str(fake), "--output", str(tmp_path)), 65, "notes.mp4")
+
+
+def test_unopenable_camera_index(tmp_path):
+    one_line_error(fer_edge("run", "--source", "7", "--output", str(tmp_path)), 69, "camera 7")
+    one_line_error(fer_edge("run", "--source", "/dev/video9", "--output", str(tmp_path)), 69, "/dev/video9")
+
+
+def test_corrupt_model_file(tmp_path):
+    real = (ROOT / "models" / "fer_default.tflite").read_bytes()
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(real[: len(real) // 3])  # a truncated copy, as after a failed transfer
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(corrupt), "--output", str(tmp_path)),
+                   65, "corrupt.tflite")
+    not_model = tmp_path / "model.tflite"
+    not_model.write_bytes(b"\x00" * 64)
+    one_line_error(fer_edge("detect", str(ROOT / "samples" / "make_sample.py"), "--model", str(not_model)),
+                   65, "not a TFLite model")
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(tmp_path / "none.tflite")), 66,
+                   "none.tflite")
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--output", str(blocker / "sub")), 73, "output")
+
+
+def test_picamera2_missing_names_the_apt_package(tmp_path):
+    one_line_error(fer_edge("run", "--source", "picamera2", "--output", str(tmp_path)), 69,
+                   "python3-picamera2")
+
+
+# --- picamera2 through a fake with the real API's shape ---------------------------------------
+@needs_shared
+def test_picamera2_source_uses_the_lores_y_plane_for_detection(tmp_path):
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes"), str(ROOT)]),
+           "FAKE_PICAMERA2_VIDEO": str(VIDEOS / "all_emo.mp4")}
+    result = fer_edge("run", "--source", "picamera2", "--output", str(tmp_path), "--max-frames", "60",
+                      "--every", "1", "--set", "source.width=640", "--set", "source.height=360", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 60 and summary["faces"] >= 50
+    assert "picamera2 640x360" in result.stderr
+    segments = list((tmp_path / "video").glob("*.mp4"))
+    assert sum(frame_count(p) for p in segments) == 60
+    # And `auto` picks the Pi camera when libcamera lists one.
+    auto = fer_edge("run", "--output", str(tmp_path / "auto"), "--max-frames", "5", "--no-video", env=env)
+    assert auto.returncode == 0 and "source picamera2" in auto.stderr, auto.stderr
+
+
+def test_picamera2_frame_layout_in_process(monkeypatch):
+    """The source hands the detector the Y plane of the I420 lores buffer, at the lores size."""
+    if not (VIDEOS / "all_emo.mp4").is_file():
+        pytest.skip("../shared videos are not present")
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "fakes"))
+    monkeypatch.setenv("FAKE_PICAMERA2_VIDEO", str(VIDEOS / "all_emo.mp4"))
+    from fer_edge.config import SourceConfig
+    from fer_edge.sources import Picamera2Source
+
+    with Picamera2Source(SourceConfig(kind="picamera2", width=640, height=360, fps=25), detection_width=320) as src:
+        frame = src.read()
+    assert frame.image.shape == (360, 640, 3)
+    assert frame.grey_small.shape == (180, 320)
+    expected = cv2.cvtColor(cv2.resize(frame.image, (320, 180)), cv2.COLOR_BGR2GRAY)
+    assert np.abs(frame.grey_small.astype(int) - expected.astype(int)).mean() < 6  # luma, not chroma
+
+
+# --- detect, evaluate ---------------------------------------------------------------------------
+@needs_shared
+def test_detect_prints_faces_as_json():
+    photos = SHARED / "data" / "photos"
+    result = fer_edge("detect", str(photos / "justin.jpg"), str(photos / "no-faces.jpg"))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert len(out[0]["faces"]) == 1 and out[1]["faces"] == []
+    face = out[0]["faces"][0]
+    assert set(face["probabilities"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
+
+
+@needs_shared
+def test_evaluate_on_device_without_tensorflow():
+    code = ("import sys, runpy; sys.argv = ['fer-edge', 'evaluate', 'models/fer_default.tflite', "
+            f"'{SHARED}/data/fer2013/test', '--json']\n"
+            "try:\n    runpy.run_module('fer_edge', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["samples"] == 3589
+    assert 0.63 < report["accuracy"] < 0.68  # mini-Xception int8 on PublicTest: ~65%
+    assert set(report["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert np.array(report["confusion"]).sum() == 3589
+
+
+@needs_shared
+def test_evaluate_a_plain_tflite_needs_labels_and_then_matches():
+    peer = str(SHARED / "data" / "models" / "fer_pkg_dynamic_range.tflite")  # no fer-edge metadata
+    one_line_error(fer_edge("evaluate", peer, str(SHARED / "data" / "fer2013_publictest.csv")), 65,
+                   "no fer-edge metadata", "--labels")
+    result = fer_edge("evaluate", peer, str(SHARED / "data" / "fer2013_publictest.csv"), "--labels", "fer2013",
+                      "--input-range", "-1,1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert 0.63 < json.loads(result.stdout)["accuracy"] < 0.68
+
+
+def test_device_modules_never_import_tensorflow():
+    code = ("import sys\nimport fer_edge.cli, fer_edge.pipeline, fer_edge.sources, fer_edge.sinks, "
+            "fer_edge.runtime, fer_edge.detector, fer_edge.doctor, fer_edge.systemd, fer_edge.datasets\n"
+            "from fer_edge.runtime import EmotionClassifier\n"
+            "EmotionClassifier('models/fer_default.tflite')\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')]\n"
+            "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_doctor_reports_each_check():
+    result = fer_edge("doctor", "--output", "/tmp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("opencv", "haar cascade", "tflite runtime", "model", "cameras", "output"):
+        assert name in result.stdout
+    broken = fer_edge("doctor", "--model", "/nonexistent/model.tflite")
+    assert broken.returncode == 1 and "[FAIL] model" in broken.stdout
