@@ -67,9 +67,10 @@ class Scheduler:
         if self.every > 0:
             return frame.index % self.every == 0
         if frame.timestamp + 1e-6 >= self._next_ts:
-            # Step from the due time, not from now, so the rate holds; resync after a long gap.
-            self._next_ts = max(self._next_ts + self.interval, frame.timestamp + self.interval / 2) \
-                if self._next_ts > -math.inf else frame.timestamp + self.interval
+            # Step from the due time so the rate holds; after a gap (dropped frames, a stall)
+            # step from now instead, so the scheduler does not burst to catch up.
+            behind = frame.timestamp - self._next_ts >= self.interval
+            self._next_ts = (frame.timestamp if behind else self._next_ts) + self.interval
             return True
         return False
 

@@ -1,0 +1,153 @@
+"""Units of the device core: metadata in the .tflite, the classifier, tracker, scheduler, loaders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_edge.datasets import load_faces, stratified_indices
+from fer_edge.errors import DataError
+from fer_edge.labels import FER2013_ORDER, KAGGLE_ORDER, parse_labels
+from fer_edge.metrics import classification_report
+from fer_edge.modelmeta import ModelInfo, read_metadata_blobs, read_model_info
+from fer_edge.pipeline import Scheduler
+from fer_edge.runtime import EmotionClassifier, quantization_lut
+from fer_edge.sources import Frame
+from fer_edge.tracker import FaceTracker
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "fer_default.tflite"
+SHARED = ROOT.parent / "shared"
+
+
+def test_bundled_model_carries_its_labels_and_preprocessing():
+    info = read_model_info(MODEL)
+    assert info is not None
+    assert info.labels == FER2013_ORDER  # mini-Xception was trained on the CSV order
+    assert (info.input_height, info.input_width, info.input_channels) == (64, 64, 1)
+    assert info.input_range == (-1.0, 1.0)
+    assert info.extra["quantization"] == "int8"
+    assert info.extra["source"]["file"] == "mini_xception_fer2013.hdf5"
+
+
+def test_metadata_reader_rejects_non_models_and_damage(tmp_path):
+    with pytest.raises(DataError, match="not a TFLite model"):
+        read_metadata_blobs(b"PK\x03\x04 a zip file, not a model", "x.tflite")
+    truncated = MODEL.read_bytes()[:200]
+    with pytest.raises(DataError):
+        read_metadata_blobs(truncated, "truncated.tflite")
+
+
+@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="../shared is not present")
+def test_plain_tflite_model_has_no_fer_edge_metadata():
+    assert read_model_info(SHARED / "data" / "models" / "fer_pkg_dynamic_range.tflite") is None
+
+
+def test_int8_lookup_table_matches_float_scaling_then_quantization():
+    info = ModelInfo(FER2013_ORDER, 64, 64, 1, (-1.0, 1.0))
+    scale, zero = 2 / 255, -1
+    lut = quantization_lut(info, np.dtype(np.int8), scale, zero)
+    pixels = np.arange(256)
+    expected = np.clip(np.round((pixels / 127.5 - 1) / scale + zero), -128, 127)
+    assert np.array_equal(lut, expected)
+    floats = quantization_lut(ModelInfo(KAGGLE_ORDER, 48, 48, 1, (0.0, 1.0)), np.dtype(np.float32), 1.0, 0)
+    assert floats[0] == 0 and floats[255] == pytest.approx(1.0)
+
+
+def test_classifier_batches_any_number_of_faces_and_matches_one_by_one():
+    clf = EmotionClassifier(MODEL, num_threads=1)
+    rng = np.random.default_rng(0)
+    # Faces of different sizes, as Haar gives them; predictions must not depend on batch company.
+    faces = [rng.integers(0, 256, (s, s), dtype=np.uint8) for s in (40, 64, 97, 150, 212)]
+    together = clf.predict(faces)
+    alone = np.concatenate([clf.predict([f]) for f in faces])
+    assert together.shape == (5, 7)
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    np.testing.assert_allclose(together.sum(axis=1), 1.0, atol=1e-5)
+    assert clf.predict([]).shape == (0, 7)
+    assert clf.predict(faces[:2]).shape == (2, 7)  # shrinking the batch again works
+
+
+def test_tracker_keeps_ids_and_smooths():
+    tracker = FaceTracker(FER2013_ORDER, smoothing=0.5)
+    happy, sad = np.eye(7, dtype=np.float32)[3], np.eye(7, dtype=np.float32)[4]
+    a = tracker.update(np.array([[100, 100, 50, 50], [300, 100, 50, 50]]), np.stack([happy, sad]))
+    assert [f.face_id for f in a] == [1, 2]
+    b = tracker.update(np.array([[305, 104, 50, 50], [104, 98, 52, 52]]), np.stack([sad, sad]))
+    assert [f.face_id for f in b] == [2, 1]  # matched by overlap, not by order
+    assert b[1].probabilities[3] == pytest.approx(0.5) and b[1].probabilities[4] == pytest.approx(0.5)
+    tracker.update(np.empty((0, 4), np.int32), np.empty((0, 7), np.float32))  # Haar missed both once
+    assert {f.face_id for f in tracker.visible()} == {1, 2}  # held through a short miss
+    for _ in range(3):
+        tracker.update(np.empty((0, 4), np.int32), np.empty((0, 7), np.float32))
+    assert tracker.visible() == []
+    c = tracker.update(np.array([[100, 100, 50, 50]]), happy[None])
+    assert c[0].face_id == 3  # a face after a long absence is a new track
+
+
+def frames(n: int, fps: float) -> list[Frame]:
+    return [Frame(np.empty(0), i, i / fps, 0.0) for i in range(n)]
+
+
+def test_scheduler_every_n_and_adaptive_rate():
+    every3 = Scheduler(every=3, target_fps=5)
+    assert [f.index for f in frames(10, 25) if every3.due(f)] == [0, 3, 6, 9]
+    adaptive = Scheduler(every=0, target_fps=5)
+    due = [f.index for f in frames(250, 25) if adaptive.due(f)]  # 10 s of 25 fps video
+    assert len(due) == 50  # 5 analyses per second of media time
+    assert set(np.diff(due)) == {5}
+    live = Scheduler(every=0, target_fps=5)  # a live source with a gap (dropped frames)
+    stamps = [0.0, 0.1, 0.2, 1.5, 1.6, 1.7, 1.8]
+    picked = [t for t in stamps if live.due(Frame(np.empty(0), 0, t, 0.0))]
+    assert picked == [0.0, 0.2, 1.5, 1.7]  # resynchronises after the gap, no burst
+
+
+def test_labels_parsing():
+    assert parse_labels("kaggle") == KAGGLE_ORDER
+    assert parse_labels("fer2013") == FER2013_ORDER
+    assert parse_labels("Happiness, sadness") == ("happy", "sad")
+    with pytest.raises(DataError):
+        parse_labels("happy,happy")
+
+
+def test_metrics_confusion_and_per_class():
+    truth = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0])
+    report = classification_report(truth, pred, ("a", "b", "c"))
+    assert report["accuracy"] == pytest.approx(0.6)
+    assert report["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert report["per_class"]["b"]["precision"] == pytest.approx(2 / 3, abs=1e-4)  # rounded to 4 places
+    assert report["per_class"]["c"]["recall"] == 0
+
+
+def test_stratified_sample_keeps_every_class():
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    picked = stratified_indices(labels, 100, seed=1)
+    counts = np.bincount(labels[picked])
+    assert list(counts) == [90, 9, 1]
+
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(DataError, match="no emotion class folders"):
+        load_faces(tmp_path)
+    (tmp_path / "happy").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_faces(tmp_path)
+    bad = tmp_path / "faces.csv"
+    bad.write_text("label,data\n1,2 3\n")
+    with pytest.raises(DataError, match="emotion"):
+        load_faces(bad)
+
+
+def test_csv_loader_skips_bad_rows_by_line_number_and_strict_refuses(tmp_path):
+    good = " ".join(["128"] * 2304)
+    path = tmp_path / "fer2013.csv"
+    path.write_text(f"emotion,pixels,Usage\n3,{good},PublicTest\n4,1 2 3,PublicTest\n6,{good},Training\n")
+    warnings = []
+    faces = load_faces(path, warn=warnings.append)
+    assert faces.names() == ["happy", "neutral"]  # CSV 3 = happy, 6 = neutral (FER2013 order)
+    assert "line 3" in warnings[0] and "3 pixels" in warnings[0]
+    assert load_faces(path, usage="Training", warn=warnings.append).names() == ["neutral"]
+    with pytest.raises(DataError, match="line 3"):
+        load_faces(path, strict=True)
