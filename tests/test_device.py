@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,31 +155,58 @@ def test_csv_rotates_by_size_with_a_header_in_every_file_and_no_row_lost(tmp_pat
 
 
 @needs_shared
-def test_sigterm_mid_run_leaves_valid_files_and_exits_0(tmp_path):
+def test_daemon_lifecycle_notify_sighup_sigterm(tmp_path):
+    """As under systemd: READY/WATCHDOG over $NOTIFY_SOCKET, SIGHUP starts a new CSV file,
+    SIGTERM closes the open segment and flushes the CSV, exit 0."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(0.2)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+    out_dir = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "fer_edge", "run", "--source", str(VIDEOS / "woman2.mp4"),
-                             "--realtime", "--output", str(tmp_path)], cwd=ROOT,
+                             "--realtime", "--output", str(out_dir)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    csv_dir = tmp_path / "csv"
-    while time.monotonic() < deadline:  # until rows have reached disk (flushed within a second)
-        files = list(csv_dir.glob("*.csv")) if csv_dir.is_dir() else []
-        if files and len(files[0].read_text().splitlines()) > 3:
+    csv_dir = out_dir / "csv"
+
+    def csv_files() -> list[Path]:
+        return sorted(csv_dir.glob("*.csv")) if csv_dir.is_dir() else []
+
+    def wait_for(condition, what: str, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"{what} did not happen: {proc.communicate()[1][-2000:]}")
+            time.sleep(0.1)
+
+    try:
+        wait_for(lambda: csv_files() and len(csv_files()[0].read_text().splitlines()) > 3, "CSV rows flushed")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(csv_files()) == 2 and len(csv_files()[1].read_text().splitlines()) > 1,
+                 "a new CSV file with rows after SIGHUP")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    messages = []
+    while True:
+        try:
+            messages.append(notify.recv(4096).decode())
+        except (socket.timeout, BlockingIOError):
             break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("no CSV rows were flushed within 60 s")
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    notify.close()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    segments = list((tmp_path / "video").glob("*.mp4"))
+    assert any("READY=1" in m for m in messages), messages
+    assert any("WATCHDOG=1" in m for m in messages), messages
+    assert any("STOPPING=1" in m for m in messages), messages
+    segments = list((out_dir / "video").glob("*.mp4"))
     assert len(segments) == 1 and "partial" not in segments[0].name
-    written = frame_count(segments[0])
-    assert 0 < written < 464  # cut short, yet a complete, decodable file
+    assert 0 < frame_count(segments[0]) < 464  # cut short, yet a complete, decodable file
     files, rows = read_csvs(csv_dir)
-    assert rows and all(r["p_happy"] for r in rows)
-    assert files[-1].read_text().endswith("\n")
+    assert len(files) == 2 and rows and all(r["p_happy"] for r in rows)
+    assert all(f.read_text().startswith("timestamp,") and f.read_text().endswith("\n") for f in files)
 
 
 # --- errors a user can make --------------------------------------------------------------------
