@@ -44,6 +44,7 @@ LABELS = "kaggle"  # outputs in KAGGLE_ORDER; fer-convert --labels kaggle
 # Channels per stage (two 3x3 conv + BN + ReLU each, 2x2 max-pool between stages): 48→24→12→6.
 STAGES = (32, 64, 128, 192)
 CLASS_WEIGHTINGS = ("sqrt", "balanced", "none")
+PRECISIONS = ("auto", "float32", "bfloat16")
 # FER+ columns (fer2013new.csv) that are among our seven classes; contempt/unknown/NF are dropped.
 FERPLUS_COLUMNS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
                    "neutral": "neutral", "sad": "sadness", "surprise": "surprise"}
@@ -62,7 +63,7 @@ class TrainConfig:
     ferplus: Path | None = None
     ferplus_weight: float = 0.5  # soft target = (1-w) * FER2013 one-hot + w * FER+ vote share
     learning_rate: float = 2e-3  # AdamW peak, after a linear warm-up, then cosine to zero
-    weight_decay: float = 5e-4
+    weight_decay: float = 1e-2  # decoupled (AdamW); not on BatchNorm parameters or biases
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
     patience: int = 10  # early stopping on validation accuracy
@@ -71,6 +72,7 @@ class TrainConfig:
     dropout: float = 0.4
     steps_per_epoch: int | None = None  # cap (smoke tests); default: one pass over the training split
     usage: str = "Training"  # rows of a fer2013.csv to train on
+    precision: str = "auto"  # bfloat16 mixed precision where the CPU has native bf16 (about 2x faster)
     progress: bool = False
     stages: tuple[int, ...] = STAGES
 
@@ -97,6 +99,25 @@ class TrainConfig:
             raise UsageError("--ferplus-weight must be in [0, 1]")
         if self.patience < 1:
             raise UsageError("--patience must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512_BF16 / AMX): where mixed_bfloat16 training pays off on a CPU."""
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bfloat16" if cpu_has_bf16() else "float32"
+    return precision
 
 
 # --------------------------------------------------------------------------- data
@@ -219,7 +240,8 @@ def build_model(stages: tuple[int, ...] = STAGES, width: float = 1.0, dropout: f
             x = layers.MaxPooling2D(name=f"s{s + 1}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="emotion")(x)
+    # float32 softmax even when training in mixed precision
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="emotion")(x)
     return keras.Model(inputs, outputs, name=MODEL_NAME)
 
 
@@ -284,6 +306,18 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def export_float32(trained, cfg: TrainConfig):
+    """The same weights in a plain float32 model (no mixed-precision casts for the converter)."""
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = build_model(cfg.stages, cfg.width, cfg.dropout, len(KAGGLE_ORDER))
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    model.set_weights([np.asarray(w, np.float32) for w in trained.get_weights()])
+    return model
+
+
 def predict_probs(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     outs = []
     for i in range(0, len(images), batch_size):
@@ -337,12 +371,21 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     total_steps = steps * cfg.epochs
     warmup = int(round(min(cfg.warmup_epochs * steps, 0.3 * total_steps)))
 
-    model = build_model(cfg.stages, cfg.width, cfg.dropout, n_classes)
+    precision = resolve_precision(cfg.precision)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        model = build_model(cfg.stages, cfg.width, cfg.dropout, n_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     params = int(model.count_params())
-    log(f"model {MODEL_NAME}: {params:,} parameters; {cfg.epochs} epoch(s) x {steps} steps of {cfg.batch_size}")
+    log(f"model {MODEL_NAME}: {params:,} parameters; {cfg.epochs} epoch(s) x {steps} steps of {cfg.batch_size}; "
+        f"{precision} training")
     schedule = WarmupCosine(cfg.learning_rate, warmup, total_steps)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -374,12 +417,13 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     ]
     fit_start = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=1 if cfg.progress else 0)
+                        callbacks=callbacks, shuffle=False,  # shuffled in tf.data
+                        verbose=1 if cfg.progress else 0)
     fit_seconds = time.time() - fit_start
     epochs_run = len(history.history.get("loss", []))
 
-    best = keras.models.load_model(str(model_path), compile=False)
-    best.save(str(model_path))  # again without the optimizer state: a third of the size
+    best = export_float32(keras.models.load_model(str(model_path), compile=False), cfg)
+    best.save(str(model_path))  # float32, without the optimizer state: what fer-convert takes
     val_probs = predict_probs(best, faces.images[val_idx])
     val_report = classification_report(faces.labels[val_idx], val_probs.argmax(1), KAGGLE_ORDER)
     best_epoch = int(np.argmax(history.history["val_accuracy"])) + 1
@@ -401,6 +445,7 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
                  "validation": int(len(val_idx)), "counts": faces.counts(),
                  "ferplus": str(cfg.ferplus) if cfg.ferplus else None},
         "class_weights": {name: round(float(w), 4) for name, w in zip(KAGGLE_ORDER, weights)},
+        "precision": precision,
         "schedule": {"steps_per_epoch": steps, "warmup_steps": warmup, "total_steps": total_steps,
                      "peak_lr": cfg.learning_rate, "optimizer": "AdamW", "weight_decay": cfg.weight_decay},
         "epochs_run": epochs_run,
@@ -408,7 +453,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         "stopped_early": epochs_run < cfg.epochs,
         "fit_seconds": round(fit_seconds, 1),
         "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 1),
-        "batch_losses": [round(v, 5) for v in batch_losses],
+        # per-step running loss of short runs (smoke tests); the epoch means are in "history"
+        "batch_losses": [round(v, 5) for v in batch_losses] if len(batch_losses) <= 1000 else None,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "validation": val_report,
         "environment": {"fer_edge": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,

@@ -42,13 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ferplus-weight", type=float, default=0.5,
                    help="soft target = (1-w) * FER2013 label + w * FER+ vote share (default 0.5)")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW peak learning rate (default 2e-3)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default 5e-4)")
+    p.add_argument("--weight-decay", type=float, default=1e-2,
+                   help="AdamW decoupled weight decay, not on BatchNorm or biases (default 1e-2)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="default 0.1")
     p.add_argument("--class-weighting", choices=CLASS_WEIGHTINGS, default="sqrt",
                    help="loss weight per class: sqrt of inverse frequency (default), balanced, or none")
     p.add_argument("--patience", type=int, default=10,
                    help="early stopping: epochs without a better validation accuracy (default 10)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="training arithmetic: auto = bfloat16 mixed precision where the CPU has native bf16 "
+                        "(AVX512_BF16/AMX, about 2x faster), else float32; the saved model is float32 either way")
     p.add_argument("--steps-per-epoch", type=int, metavar="N", help="cap steps per epoch (smoke tests)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
     return p
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_fraction=args.val_fraction, limit=args.limit, test=args.test, ferplus=args.ferplus,
         ferplus_weight=args.ferplus_weight, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, patience=args.patience, class_weighting=args.class_weighting,
-        width=args.width, steps_per_epoch=args.steps_per_epoch,
+        width=args.width, precision=args.precision, steps_per_epoch=args.steps_per_epoch,
         progress=sys.stderr.isatty() and not args.quiet)
     result = train(cfg, log)
     s = result.summary

@@ -1,0 +1,145 @@
+"""fer-train: split, class weights, FER+ alignment, CLI errors, and a short real training run that
+saves a model fer-convert turns into int8 and the device classifier loads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="fer-train needs TensorFlow (pip install -e .[convert])")
+
+from converter import train_cli  # noqa: E402
+from converter.train import (  # noqa: E402
+    TrainConfig, class_weights, load_training_faces, split_train_val, train,
+)
+from fer_edge.cli_support import run_main  # noqa: E402
+from fer_edge.errors import DataError, UsageError  # noqa: E402
+from fer_edge.labels import FER2013_ORDER, KAGGLE_ORDER  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FER_TRAIN = SHARED / "data" / "fer2013" / "train"
+needs_shared = pytest.mark.skipif(
+    not FER_TRAIN.is_dir(),
+    reason=f"real FER2013 data not present at {FER_TRAIN} (the shared/ folder beside the project)")
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(7), [400, 40, 400, 700, 500, 480, 320])
+    train_idx, val_idx = split_train_val(labels, 0.1, seed=3)
+    assert len(np.intersect1d(train_idx, val_idx)) == 0
+    assert len(train_idx) + len(val_idx) == len(labels)
+    assert abs(len(val_idx) - 284) <= 7
+    assert set(labels[val_idx]) == set(range(7))  # the rare class too
+    again = split_train_val(labels, 0.1, seed=3)[1]
+    other = split_train_val(labels, 0.1, seed=4)[1]
+    assert np.array_equal(val_idx, again) and not np.array_equal(val_idx, other)
+
+
+def test_class_weights_lift_the_rare_class_with_mean_one():
+    labels = np.repeat(np.arange(7), [3995, 436, 4097, 7215, 4965, 4830, 3171])
+    for mode in ("sqrt", "balanced"):
+        w = class_weights(labels, 7, mode)
+        assert w[labels].mean() == pytest.approx(1.0, abs=1e-4)
+        assert w.argmax() == KAGGLE_ORDER.index("disgust") and w.argmin() == KAGGLE_ORDER.index("happy")
+    assert class_weights(labels, 7, "sqrt")[1] < class_weights(labels, 7, "balanced")[1]
+    assert np.all(class_weights(labels, 7, "none") == 1)
+
+
+def _write_fer_csv(path: Path, emotions: list[int], usage: str = "Training") -> None:
+    rng = np.random.default_rng(0)
+    rows = ["emotion,pixels,Usage"]
+    for e in emotions:
+        rows.append(f"{e}," + " ".join(map(str, rng.integers(0, 256, 48 * 48))) + f",{usage}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _write_ferplus(path: Path, kaggle_labels: list[int], usage: str = "Training") -> None:
+    cols = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
+    to_col = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
+              "neutral": "neutral", "sad": "sadness", "surprise": "surprise"}
+    rows = ["Usage,Image name," + ",".join(cols)]
+    for i, k in enumerate(kaggle_labels):
+        votes = dict.fromkeys(cols, 0)
+        votes[to_col[KAGGLE_ORDER[k]]] = 8
+        votes["neutral"] += 2
+        rows.append(f"{usage},fer{i:07d}.png," + ",".join(str(votes[c]) for c in cols))
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_ferplus_soft_labels_align_by_row_order(tmp_path):
+    emotions = [i % 7 for i in range(28)]  # FER2013 CSV order
+    csv_path, fp_path = tmp_path / "fer2013.csv", tmp_path / "fer2013new.csv"
+    _write_fer_csv(csv_path, emotions)
+    kaggle = [KAGGLE_ORDER.index(FER2013_ORDER[e]) for e in emotions]
+    _write_ferplus(fp_path, kaggle)
+    cfg = TrainConfig(data=csv_path, out=tmp_path / "out", ferplus=fp_path, ferplus_weight=0.5)
+    faces, targets = load_training_faces(cfg, log=lambda m: None)
+    assert np.array_equal(faces.labels, kaggle)
+    assert np.allclose(targets.sum(axis=1), 1.0)
+    assert np.allclose(targets[np.arange(len(kaggle)), kaggle], [0.5 + 0.5 * (1.0 if k == 4 else 0.8) for k in kaggle])
+
+    _write_ferplus(fp_path, kaggle[::-1])  # shuffled rows: refused, not silently misaligned
+    with pytest.raises(DataError, match="agrees"):
+        load_training_faces(cfg, log=lambda m: None)
+    _write_ferplus(fp_path, kaggle[:-1])
+    with pytest.raises(DataError, match="27 Training rows"):
+        load_training_faces(cfg, log=lambda m: None)
+
+
+def test_ferplus_with_a_folder_is_a_usage_error(tmp_path):
+    (tmp_path / "happy").mkdir()
+    fp = tmp_path / "fer2013new.csv"
+    fp.write_text("Usage,Image name\n")
+    with pytest.raises(UsageError, match="fer2013.csv"):
+        load_training_faces(TrainConfig(data=tmp_path, out=tmp_path / "o", ferplus=fp), log=lambda m: None)
+
+
+@pytest.mark.parametrize("argv, code, text", [
+    (["/nonexistent/fer2013", "--out", "OUT"], 66, "not found"),
+    (["DATA", "--out", "OUT", "--epochs", "0"], 64, "--epochs"),
+    (["DATA", "--out", "OUT", "--val-fraction", "0.9"], 64, "--val-fraction"),
+    (["DATA", "--out", "OUT", "--test", "/nonexistent/test"], 66, "--test"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, code, text):
+    data = tmp_path / "data"
+    (data / "happy").mkdir(parents=True)
+    argv = [str(data) if a == "DATA" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert run_main("fer-train", train_cli.main, argv) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fer-train: error:") and text in err and "\n" not in err
+
+
+@needs_shared
+def test_short_training_run_saves_a_model_that_converts_and_runs_on_device(tmp_path):
+    from converter.convert import run_conversion
+    from fer_edge.datasets import load_faces
+    from fer_edge.runtime import EmotionClassifier
+
+    out = tmp_path / "run"
+    result = train(TrainConfig(data=FER_TRAIN, out=out, limit=700, epochs=2, steps_per_epoch=8, batch_size=32,
+                               width=0.5, seed=0, learning_rate=3e-3), log=lambda m: None)
+    s = result.summary
+    losses = s["history"]["loss"]
+    assert len(losses) == 2 and losses[1] < losses[0], losses  # it learns
+    assert s["data"]["train"] + s["data"]["validation"] == s["data"]["faces"] == 700
+    assert s["input_range"] == "0,1" and s["labels"] == "kaggle"
+    for name in ("fer_edge_cnn.keras", "training_log.csv", "learning_curves.png", "confusion.png",
+                 "classification_report.txt", "training_summary.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "training_summary.json").read_text())["epochs_run"] == 2
+    assert (out / "training_log.csv").read_text().count("\n") == 3
+
+    tflite = tmp_path / "cnn_int8.tflite"
+    report = run_conversion(result.model_path, tflite, quantize="int8", calibration=FER_TRAIN,
+                            calibration_samples=40, labels=KAGGLE_ORDER, input_range=(0.0, 1.0),
+                            evaluate_path=None, usage=None, strict=False, seed=0, progress=False,
+                            log=lambda m: None)
+    assert report["size_bytes"]["tflite"] < 1_000_000
+    classifier = EmotionClassifier(tflite, num_threads=1)
+    assert classifier.quantized and classifier.labels == KAGGLE_ORDER
+    faces = load_faces(FER_TRAIN, limit=10, seed=1).images
+    probs = classifier.predict(list(faces))
+    assert probs.shape == (len(faces), 7)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) and (probs >= 0).all()
