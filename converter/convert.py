@@ -16,13 +16,14 @@ import numpy as np
 
 from fer_edge import __version__
 from fer_edge.datasets import FaceSet, load_faces
-from fer_edge.errors import DataError, OutputError
+from fer_edge.errors import DataError, InputMissing, OutputError
 from fer_edge.labels import LABEL_ORDERS
 from fer_edge.metrics import classification_report
 from fer_edge.modelmeta import METADATA_NAME, ModelInfo
 from fer_edge.runtime import EmotionClassifier, fit_faces, scale_pixels
 
-from .keras_model import FloatModel
+from .calibration import CalibrationConfig, calibration_config, quantize_int8
+from .keras_model import KERAS_SUFFIXES, FloatModel
 
 QUANTIZATIONS = ("int8", "float16", "dynamic", "none")
 INPUT_RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0)}
@@ -92,8 +93,15 @@ def resolve_preprocessing(model: FloatModel, labels: tuple[str, ...] | None,
     return Preprocessing(tuple(best["labels"]), tuple(best["input_range"]), evidence)
 
 
-def convert(model: FloatModel, info: ModelInfo, quantize: str, calibration: FaceSet | None) -> bytes:
-    """The TFLite flatbuffer, before metadata."""
+def convert(model: FloatModel, info: ModelInfo, quantize: str, calibration: FaceSet | None,
+            calibration_config: CalibrationConfig | None = None, *, log: Log | None = None) -> bytes:
+    """The TFLite flatbuffer, before metadata.
+
+    int8 is full-integer with int8 input and output, quantized by `converter.calibration`
+    (default: channel equalization, bias correction, per-batch ranges averaged over the
+    calibration faces, a softmax-aware logit range); PRESETS["tflite"] reproduces TFLite's own
+    calibration.
+    """
     import tensorflow as tf
 
     if quantize not in QUANTIZATIONS:
@@ -104,21 +112,31 @@ def convert(model: FloatModel, info: ModelInfo, quantize: str, calibration: Face
             raise DataError("int8 needs real faces to calibrate on: pass --calibration PATH "
                             "(a FER2013 folder or fer2013.csv)")
         samples = scale_pixels(fit_faces(calibration.images, info), info)
-
-        def representative_dataset():
-            for sample in samples:
-                yield [sample[None]]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    elif quantize == "float16":
+        config = calibration_config or CalibrationConfig()
+        float_tflite = _run_converter(model, converter)
+        try:
+            result = quantize_int8(float_tflite, samples, info.input_range, config)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"int8 quantization of {model.path} failed: "
+                            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}; "
+                            "try --quantize float16 or dynamic") from None
+        if log is not None:
+            log(f"int8 calibration: {config.method} ranges"
+                + (f" over batches of {config.batch} faces" if config.method == "average" else "")
+                + f", {result.equalized_tensors} tensor(s) channel-equalized, "
+                f"{result.corrected_biases} bias(es) corrected")
+        return result.tflite
+    if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return _run_converter(model, converter)
+
+
+def _run_converter(model: FloatModel, converter) -> bytes:
     try:
         return bytes(converter.convert())
     except Exception as exc:
@@ -206,18 +224,34 @@ def evaluate(model: FloatModel, tflite_path: Path, info: ModelInfo, faces: FaceS
 def run_conversion(model_path: Path, output: Path, *, quantize: str, calibration: Path | None,
                    calibration_samples: int, labels: tuple[str, ...] | None,
                    input_range: tuple[float, float] | None, evaluate_path: Path | None,
-                   usage: str | None, strict: bool, seed: int, progress: bool, log: Log) -> dict[str, Any]:
+                   usage: str | None, strict: bool, seed: int, progress: bool, log: Log,
+                   int8_calibration: CalibrationConfig | str | None = None) -> dict[str, Any]:
+    """Convert, write, and (with evaluate_path) measure. `int8_calibration` is a preset name of
+    converter.calibration.PRESETS ("robust", the default; "tflite", TFLite's stock min/max) or
+    a CalibrationConfig; `seed` draws the calibration faces and orders them into batches."""
+    calib_config = calibration_config(int8_calibration, seed)
+    if quantize not in QUANTIZATIONS:
+        raise DataError(f"--quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)}")
     if output.exists() and output.is_dir():
         raise OutputError(f"output {output} is a folder; give a file name ending in .tflite")
-    model = FloatModel(model_path)
-    log(f"loaded {model_path} ({model.height}x{model.width}x{model.channels} in, {model.n_outputs} out"
-        + (f", {model.parameters:,} parameters)" if model.parameters else ")"))
+    # Everything that can be checked without TensorFlow is checked first: a wrong path or a bad
+    # dataset fails in a second, not after TensorFlow has loaded and the model converted.
+    check_model_path(model_path)
+    if quantize == "int8" and calibration is None:
+        raise DataError("int8 needs real faces to calibrate on: pass --calibration PATH "
+                        "(a FER2013 folder or fer2013.csv)")
     calib = None
     if calibration is not None:
         calib = load_faces(calibration, usage=usage or ("Training" if calibration.suffix == ".csv" else None),
                            limit=calibration_samples, seed=seed, strict=strict, warn=log)
         log(f"calibration: {len(calib)} real faces from {calibration}, stratified "
             + ", ".join(f"{k} {v}" for k, v in calib.counts().items()))
+    eval_faces = None
+    if evaluate_path is not None:
+        eval_faces = load_faces(evaluate_path, usage=usage, strict=strict, warn=log)
+    model = FloatModel(model_path)
+    log(f"loaded {model_path} ({model.height}x{model.width}x{model.channels} in, {model.n_outputs} out"
+        + (f", {model.parameters:,} parameters)" if model.parameters else ")"))
     prep = resolve_preprocessing(model, labels, input_range, calib, log)
     extra = {
         "quantization": quantize,
@@ -225,10 +259,11 @@ def run_conversion(model_path: Path, output: Path, *, quantize: str, calibration
         "converter": {"fer_edge": __version__, "tensorflow": _tf_version()},
     }
     if calib is not None and quantize == "int8":
-        extra["calibration"] = {"dataset": Path(calibration).name, "samples": len(calib), "seed": seed}
+        extra["calibration"] = {"dataset": Path(calibration).name, "samples": len(calib), "seed": seed,
+                                **calib_config.describe()}
     info = model_info(model, prep.labels, prep.input_range, extra)
     log(f"labels (output order): {', '.join(info.labels)}; preprocessing: {info.describe_preprocessing()}")
-    tflite = with_metadata(convert(model, info, quantize, calib), info)
+    tflite = with_metadata(convert(model, info, quantize, calib, calib_config, log=log), info)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         output.write_bytes(tflite)
@@ -238,16 +273,56 @@ def run_conversion(model_path: Path, output: Path, *, quantize: str, calibration
         "model": str(model_path), "output": str(output), "quantization": quantize,
         "labels": list(info.labels), "preprocessing": info.to_json()["input"],
         "auto_detection": prep.evidence,
+        "calibration": extra.get("calibration"),
         "size_bytes": {"float_model": size_on_disk(model_path), "tflite": len(tflite)},
         "parameters": model.parameters,
     }
     log(f"wrote {output} ({len(tflite) / 1024:.1f} KiB, {quantize}; float model "
         f"{report['size_bytes']['float_model'] / 1024:.1f} KiB)")
-    if evaluate_path is not None:
-        faces = load_faces(evaluate_path, usage=usage, strict=strict, warn=log)
-        log(f"evaluating float and {quantize} models on {len(faces)} faces from {evaluate_path} ...")
-        report["evaluation"] = evaluate(model, output, info, faces, progress)
+    if eval_faces is not None:
+        log(f"evaluating float and {quantize} models on {len(eval_faces)} faces from {evaluate_path} ...")
+        report["evaluation"] = evaluate(model, output, info, eval_faces, progress)
     return report
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def check_model_path(path: Path) -> None:
+    """The checks FloatModel makes before TensorFlow loads anything, plus the file's signature.
+
+    A text file named model.h5 is otherwise reported by Keras only after TensorFlow has loaded.
+    """
+    if not path.exists():
+        raise InputMissing(f"model {path} not found; give a .h5/.hdf5/.keras file or a SavedModel folder")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise DataError(f"model folder {path} has no saved_model.pb; give a SavedModel folder "
+                            "or a .h5/.hdf5/.keras file")
+        return
+    suffix = path.suffix.lower()
+    if suffix not in KERAS_SUFFIXES:
+        raise DataError(f"model {path} is not a Keras model file (.h5/.hdf5/.keras) or a SavedModel folder")
+    try:
+        with path.open("rb") as fh:
+            if suffix == ".keras":
+                valid = fh.read(4) == ZIP_SIGNATURE
+            else:  # HDF5 allows a user block before the signature: at 0, 512, 1024, 2048, ... bytes
+                valid = False
+                for offset in [0] + [512 << i for i in range(12)]:
+                    fh.seek(offset)
+                    if fh.read(8) == HDF5_SIGNATURE:
+                        valid = True
+                        break
+    except OSError as exc:
+        raise InputMissing(f"model {path} cannot be read ({exc.strerror})") from None
+    if not valid and suffix == ".keras":
+        raise DataError(f"model {path} is not a Keras .keras archive (no zip signature); "
+                        "is it a trained .keras model?")
+    if not valid:
+        raise DataError(f"model {path} is not an HDF5 file (no HDF5 signature); "
+                        "is it a trained .h5/.hdf5 Keras model?")
 
 
 def _tf_version() -> str:

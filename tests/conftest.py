@@ -1,0 +1,41 @@
+"""Fixtures every test file may use: the repository root and the real data beside it.
+
+The real data (`../shared`, see its README) is never copied into the repository. CI always has
+it; elsewhere the tests that need it skip, saying why.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+SHARED_MISSING = f"real data folder {SHARED_DIR} is absent (CI has it beside the repository)"
+
+# Mark a test (or a module: pytestmark = requires_shared) that reads ../shared.
+requires_shared = pytest.mark.skipif(not (SHARED_DIR / "data").is_dir(), reason=SHARED_MISSING)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared; skips the test when it is absent."""
+    if not (SHARED_DIR / "data").is_dir():
+        pytest.skip(SHARED_MISSING)
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_file(shared_dir):
+    """shared_file("data/models/x.hdf5") → the path, or a skip naming the missing file."""
+    def get(relative: str) -> Path:
+        path = shared_dir / relative
+        if not path.exists():
+            pytest.skip(f"{path} is absent from the real data folder")
+        return path
+    return get
