@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real labelled faces to calibrate int8 on: a FER2013 folder (<class>/*.jpg) or fer2013.csv")
     p.add_argument("--calibration-samples", type=int, default=500, metavar="N",
                    help="faces drawn from --calibration, stratified by class (default 500)")
+    p.add_argument("--int8-calibration", choices=("robust", "tflite"), default="robust",
+                   help="robust (default): averaged ranges, channel equalization, bias correction and a "
+                        "softmax-aware logit range; tflite: TFLite's plain min/max calibration")
     p.add_argument("--labels", default="auto",
                    help="class names in output order: auto (measured on --calibration faces), kaggle "
                         "(alphabetical folder order), fer2013 (CSV order), or a comma-separated list")
@@ -79,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model, output, quantize=args.quantize, calibration=args.calibration,
         calibration_samples=args.calibration_samples, labels=labels, input_range=input_range,
         evaluate_path=args.evaluate, usage=args.usage, strict=args.strict, seed=args.seed,
-        progress=sys.stderr.isatty() and not args.quiet, log=log)
+        progress=sys.stderr.isatty() and not args.quiet, log=log, int8_calibration=args.int8_calibration)
     evaluation = report.get("evaluation")
     if evaluation:
         print(format_report(evaluation["float"], "float model"))

@@ -16,9 +16,8 @@ from fer_edge.runtime import EmotionClassifier, quantization_lut
 from fer_edge.sources import Frame
 from fer_edge.tracker import FaceTracker
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, requires_shared
 MODEL = ROOT / "models" / "fer_default.tflite"
-SHARED = ROOT.parent / "shared"
 
 
 def test_bundled_model_carries_its_labels_and_preprocessing():
@@ -39,7 +38,7 @@ def test_metadata_reader_rejects_non_models_and_damage(tmp_path):
         read_metadata_blobs(truncated, "truncated.tflite")
 
 
-@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="../shared is not present")
+@requires_shared
 def test_plain_tflite_model_has_no_fer_edge_metadata():
     assert read_model_info(SHARED / "data" / "models" / "fer_pkg_dynamic_range.tflite") is None
 

@@ -16,12 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, requires_shared
 VIDEOS = SHARED / "data" / "videos"
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
-needs_shared = pytest.mark.skipif(not (SHARED / "data").is_dir(),
-                                  reason="../shared (real FER2013 data and videos) is not present")
 
 
 def fer_edge(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -72,7 +69,7 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     assert "litert" in result.stderr  # says which runtime loaded
 
 
-@needs_shared
+@requires_shared
 def test_every_frame_on_real_video_logs_a_face_per_frame(tmp_path):
     video = VIDEOS / "all_emo.mp4"  # one face in every one of its 234 frames
     result = fer_edge("run", "--source", str(video), "--output", str(tmp_path), "--every", "1", "--json")
@@ -102,7 +99,7 @@ def test_every_frame_on_real_video_logs_a_face_per_frame(tmp_path):
     assert sum(frame_count(p) for p in segments) == 234
 
 
-@needs_shared
+@requires_shared
 def test_no_faces_no_rows_but_every_frame_recorded(tmp_path):
     # A real video with its faces blacked out by the test: frames stay real, faces vanish.
     src = cv2.VideoCapture(str(VIDEOS / "ckplus_S501_001_anger.avi"))
@@ -125,7 +122,7 @@ def test_no_faces_no_rows_but_every_frame_recorded(tmp_path):
         sum(frame_count(p) for p in (tmp_path / "o" / "video").glob("*.mp4")) == n
 
 
-@needs_shared
+@requires_shared
 def test_video_segments_rotate_and_retention_keeps_the_newest(tmp_path):
     video = VIDEOS / "all_emo.mp4"  # 234 frames at 25 fps = 9.36 s
     result = fer_edge("run", "--source", str(video), "--output", str(tmp_path / "all"), "--segment-seconds", "3")
@@ -140,7 +137,7 @@ def test_video_segments_rotate_and_retention_keeps_the_newest(tmp_path):
     assert not list((tmp_path / "kept" / "video").glob("*partial*"))
 
 
-@needs_shared
+@requires_shared
 def test_csv_rotates_by_size_with_a_header_in_every_file_and_no_row_lost(tmp_path):
     result = fer_edge("run", "--source", str(VIDEOS / "all_emo.mp4"), "--output", str(tmp_path), "--every", "1",
                       "--no-video", "--set", "csv.max_bytes=4000", "--json")
@@ -154,7 +151,7 @@ def test_csv_rotates_by_size_with_a_header_in_every_file_and_no_row_lost(tmp_pat
     assert not (tmp_path / "video").exists()
 
 
-@needs_shared
+@requires_shared
 def test_daemon_lifecycle_notify_sighup_sigterm(tmp_path):
     """As under systemd: READY/WATCHDOG over $NOTIFY_SOCKET, SIGHUP starts a new CSV file,
     SIGTERM closes the open segment and flushes the CSV, exit 0."""
@@ -276,7 +273,7 @@ def test_picamera2_missing_names_the_apt_package(tmp_path):
 
 
 # --- picamera2 through a fake with the real API's shape ---------------------------------------
-@needs_shared
+@requires_shared
 def test_picamera2_source_uses_the_lores_y_plane_for_detection(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes"), str(ROOT)]),
            "FAKE_PICAMERA2_VIDEO": str(VIDEOS / "all_emo.mp4")}
@@ -311,7 +308,7 @@ def test_picamera2_frame_layout_in_process(monkeypatch):
 
 
 # --- detect, evaluate ---------------------------------------------------------------------------
-@needs_shared
+@requires_shared
 def test_detect_prints_faces_as_json():
     photos = SHARED / "data" / "photos"
     result = fer_edge("detect", str(photos / "justin.jpg"), str(photos / "no-faces.jpg"))
@@ -323,7 +320,7 @@ def test_detect_prints_faces_as_json():
     assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
 
 
-@needs_shared
+@requires_shared
 def test_evaluate_on_device_without_tensorflow():
     code = ("import sys, runpy; sys.argv = ['fer-edge', 'evaluate', 'models/fer_default.tflite', "
             f"'{SHARED}/data/fer2013/test', '--json']\n"
@@ -339,7 +336,7 @@ def test_evaluate_on_device_without_tensorflow():
     assert np.array(report["confusion"]).sum() == 3589
 
 
-@needs_shared
+@requires_shared
 def test_evaluate_a_plain_tflite_needs_labels_and_then_matches():
     peer = str(SHARED / "data" / "models" / "fer_pkg_dynamic_range.tflite")  # no fer-edge metadata
     one_line_error(fer_edge("evaluate", peer, str(SHARED / "data" / "fer2013_publictest.csv")), 65,
