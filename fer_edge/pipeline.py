@@ -85,6 +85,9 @@ class Pipeline:
         self.video, self.csv, self.display, self.notifier = video, csv, display, notifier
         self.on_analysis = on_analysis
         self.scheduler = Scheduler(cfg.analysis.every, cfg.analysis.target_fps)
+        self.full_scan_interval = cfg.detection.full_scan_seconds
+        self._next_full_scan = -math.inf  # media time of the next full-frame scan
+        self._last_analysis = -math.inf
         self.tracker = FaceTracker(classifier.labels, smoothing=cfg.analysis.smoothing)
         self.annotator = Annotator(classifier.labels, bars=cfg.video.bars)
         self.draw = video is not None or display is not None  # headless CSV-only: never touch pixels
@@ -124,7 +127,7 @@ class Pipeline:
                 if frame is None:
                     break
                 if self.scheduler.due(frame):  # 2. analyse: faces → predictions
-                    detected = self._analyse(frame)
+                    detected = self._analyse(frame, shown)
                     shown = self.tracker.visible()
                     st.analysed += 1
                     st.faces += len(detected)
@@ -169,10 +172,17 @@ class Pipeline:
             self.close()
         return st
 
-    def _analyse(self, frame: Frame) -> list[FaceResult]:
+    def _analyse(self, frame: Frame, shown: list[FaceResult]) -> list[FaceResult]:
         stage, clock = self.stats.stage_s, time.perf_counter
         t0 = clock()
-        boxes = self.detector.detect(frame.image, frame.grey_small)
+        # Near the faces on screen while they are found there; the whole frame now and then, for
+        # faces that just came in (and at once when a tracked face is lost).
+        boxes, scanned = self.detector.find(frame.image, frame.grey_small, [f.box for f in shown],
+                                            full_scan=frame.timestamp >= self._next_full_scan,
+                                            elapsed=frame.timestamp - self._last_analysis)
+        self._last_analysis = frame.timestamp
+        if scanned:
+            self._next_full_scan = frame.timestamp + self.full_scan_interval
         t1 = clock()
         crops = [crop_face(frame.image, box, self.margin, self.grey_faces) for box in boxes]
         t2 = clock()

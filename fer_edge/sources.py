@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -51,9 +52,13 @@ class Source:
 
 class VideoFileSource(Source):
     """Every frame, as fast as processing goes; `realtime` paces at the file's fps like a camera,
-    grabbing (without converting) the frames that processing fell behind on."""
+    grabbing (without converting) the frames that processing fell behind on.
 
-    def __init__(self, path: str | Path, realtime: bool = False):
+    Not paced, frames are decoded on a thread `prefetch` frames ahead: OpenCV releases the GIL
+    while it decodes, so decoding the next frame overlaps detection on a second core.
+    """
+
+    def __init__(self, path: str | Path, realtime: bool = False, prefetch: int = 4):
         path = Path(path)
         if not path.is_file():
             raise InputMissing(f"video file {path} not found; check source.path / --source")
@@ -68,8 +73,49 @@ class VideoFileSource(Source):
         self.realtime = realtime
         self._index = -1
         self._start = 0.0
+        self._queue: Optional[queue.Queue] = None
+        if not realtime and prefetch > 0:
+            self._queue = queue.Queue(maxsize=prefetch)
+            self._stopping = threading.Event()
+            self._error: Optional[BaseException] = None
+            self._thread = threading.Thread(target=self._decode, name=f"decode-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _decode(self) -> None:
+        """Decoder thread: frames into the queue in order; None marks the end (or an error)."""
+        image = None
+        try:
+            while not self._stopping.is_set():
+                ok, image = self._cap.read()
+                if not ok:
+                    image = None
+                    break
+                self._put(image)
+        except BaseException as exc:  # surfaced by read()
+            self._error, image = exc, None
+        finally:
+            self._put(None)
+
+    def _put(self, item: Optional[np.ndarray]) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)  # type: ignore[union-attr]
+                return
+            except queue.Full:
+                continue
 
     def read(self) -> Frame | None:
+        if self._queue is not None:
+            if self._index == -2:  # ended earlier
+                return None
+            image = self._queue.get()
+            if image is None:
+                self._index = -2
+                if self._error is not None:
+                    raise DataError(f"decoding {self.name} failed: {self._error}")
+                return None
+            self._index += 1
+            return Frame(image, self._index, self._index / self.fps, time.time())
         if self.realtime:
             now = time.monotonic()
             if self._index < 0:
@@ -90,6 +136,9 @@ class VideoFileSource(Source):
         return Frame(image, self._index, self._index / self.fps, time.time())
 
     def close(self) -> None:
+        if self._queue is not None:
+            self._stopping.set()
+            self._thread.join()  # before release: the thread may be inside read()
         self._cap.release()
 
 

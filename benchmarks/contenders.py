@@ -1,0 +1,242 @@
+"""The programs fer-edge is compared with, each run as its own process by benchmarks/pipeline.py.
+
+  tutorial   the loop the popular tutorials publish: Haar (1.3, 3) on every full frame, Keras
+             model.predict per face, boxes drawn, every frame written (mp4v)
+  fer        the `fer` package (PyPI fer==25.10.3): FER(use_tflite=True).detect_emotions per frame,
+             its own draw_annotations, every frame written (mp4v)
+  reference  not timed: full-resolution Haar on every frame and the float Keras model on its crops,
+             the ground truth for the quality figures
+  inference  per-face inference alone: int8 TFLite (fer-edge) vs the Keras model
+
+    python benchmarks/contenders.py KIND VIDEO --output DIR --result FILE --t-spawn T
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fer_edge.bench import heavy_modules, peak_rss_mb  # noqa: E402
+
+KERAS_MODEL = Path(__file__).resolve().parents[2] / "shared/data/models/mini_xception_fer2013.hdf5"
+FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the Keras model's outputs
+CASCADE = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+# The reference detector: full resolution, OpenCV's documented example settings.
+REFERENCE = {"scaleFactor": 1.1, "minNeighbors": 5, "minSize": (30, 30)}
+
+
+def keras_input(grey_crops: list[np.ndarray]) -> np.ndarray:
+    """As the model was trained: 64x64 grey, x/255, then (x - 0.5) * 2."""
+    x = np.stack([cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in grey_crops]).astype(np.float32)
+    return ((x / 255.0 - 0.5) * 2.0)[..., None]
+
+
+def open_writer(opts, cap) -> cv2.VideoWriter:
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    Path(opts.output).mkdir(parents=True, exist_ok=True)
+    return cv2.VideoWriter(str(Path(opts.output) / "out.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                           cap.get(cv2.CAP_PROP_FPS) or 25.0, size)
+
+
+def tutorial(opts) -> dict:
+    """Written the way the tutorials write it; the one liberty: predict(verbose=0), which spares
+    it Keras 3's per-call progress bar (so this is slightly faster than the published loop)."""
+    from keras.models import load_model
+
+    face_classifier = cv2.CascadeClassifier(CASCADE)
+    classifier = load_model(str(opts.keras_model), compile=False)
+    cap = cv2.VideoCapture(opts.video)
+    out = open_writer(opts, cap)
+    frames = faces_found = with_faces = 0
+    first = None
+    records = []  # per frame: what it found and labelled, for the quality figures
+    started, cpu = time.perf_counter(), time.process_time()
+    while True:
+        ret, frame = cap.read()
+        if not ret:
+            break
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        faces = face_classifier.detectMultiScale(gray, 1.3, 3)
+        found = []
+        for (x, y, w, h) in faces:
+            cv2.rectangle(frame, (x, y), (x + w, y + h), (0, 255, 255), 2)
+            roi_gray = cv2.resize(gray[y:y + h, x:x + w], (64, 64), interpolation=cv2.INTER_AREA)
+            roi = (roi_gray.astype("float") / 255.0 - 0.5) * 2.0
+            roi = np.expand_dims(np.expand_dims(roi, axis=-1), axis=0)
+            prediction = classifier.predict(roi, verbose=0)[0]
+            label = FER2013[prediction.argmax()]
+            cv2.putText(frame, label, (x, y - 10), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 255, 0), 2)
+            found.append([int(x), int(y), int(w), int(h), label])
+        records.append([frames, found, found, [f[4] for f in found]])
+        if first is None:
+            first = time.time() - opts.t_spawn
+        faces_found += len(faces)
+        with_faces += len(faces) > 0
+        out.write(frame)
+        frames += 1
+    out.release()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "first_frame_s": first,
+            "cpu_ms_per_frame": 1000 * cpu / max(1, frames),
+            "faces": faces_found, "frames_with_faces": with_faces, "records": records}
+
+
+def fer_package(opts) -> dict:
+    """`fer` 25.10.3's __init__ no longer exports FER (its README's `from fer import FER` fails), so
+    import it from fer.fer. No shim is needed: facenet_pytorch is imported only for mtcnn=True."""
+    from fer.fer import FER
+    from fer.utils import draw_annotations
+
+    detector = FER(use_tflite=True)
+    cap = cv2.VideoCapture(opts.video)
+    out = open_writer(opts, cap)
+    frames = faces_found = with_faces = 0
+    first = None
+    records = []
+    started, cpu = time.perf_counter(), time.process_time()
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        faces = detector.detect_emotions(frame)
+        frame = draw_annotations(frame, faces)
+        found = [[*map(int, f["box"]), max(f["emotions"], key=f["emotions"].get)] for f in faces]
+        records.append([frames, found, found, [f[4] for f in found]])
+        if first is None:
+            first = time.time() - opts.t_spawn
+        faces_found += len(faces)
+        with_faces += len(faces) > 0
+        out.write(frame)
+        frames += 1
+    out.release()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "first_frame_s": first,
+            "cpu_ms_per_frame": 1000 * cpu / max(1, frames),
+            "faces": faces_found, "frames_with_faces": with_faces, "records": records}
+
+
+def reference_crops(video: str):
+    """Per frame: full-resolution Haar boxes and their grey crops (the reference detector)."""
+    cascade = cv2.CascadeClassifier(CASCADE)
+    cap = cv2.VideoCapture(video)
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        boxes = cascade.detectMultiScale(grey, **REFERENCE)
+        yield [tuple(int(v) for v in b) for b in boxes], [grey[y:y + h, x:x + w] for x, y, w, h in boxes]
+    cap.release()
+
+
+def reference(opts) -> dict:
+    import keras
+
+    model = keras.models.load_model(str(opts.keras_model), compile=False)
+    frames, crops, owner = [], [], []
+    for i, (boxes, face_crops) in enumerate(reference_crops(opts.video)):
+        frames.append([list(b) for b in boxes])
+        crops += face_crops
+        owner += [i] * len(face_crops)
+    labels = [[] for _ in frames]
+    if crops:
+        probs = np.asarray(model(keras_input(crops), training=False))
+        for i, p in zip(owner, probs):
+            labels[i].append(FER2013[int(p.argmax())])
+    return {"frames": len(frames), "fps": 0.0, "settings": {**REFERENCE, "minSize": list(REFERENCE["minSize"])},
+            "boxes": frames, "labels": labels}
+
+
+def inference(opts) -> dict:
+    """ms per face, one face per call, on the reference crops of the video: fer-edge's int8 TFLite
+    model (EmotionClassifier.predict: resize, LUT, invoke, dequantise) against the Keras model
+    called the tutorial way (predict) and the fastest Keras way (__call__), plus the `fer`
+    package's dynamic-range TFLite model. Methods are interleaved; medians over rounds."""
+    import keras
+
+    from fer_edge.resources import DEFAULT_MODEL, find_resource
+    from fer_edge.runtime import EmotionClassifier, load_runtime
+
+    crops = [c for _, face_crops in reference_crops(opts.video) for c in face_crops][: opts.faces]
+    if not crops:
+        return {"fps": 0.0, "faces": 0}
+    model = keras.models.load_model(str(opts.keras_model), compile=False)
+    clf = EmotionClassifier(opts.model or find_resource(DEFAULT_MODEL), num_threads=1)
+    _, interpreter_cls = load_runtime("litert")
+    fer_tflite = Path(opts.keras_model).with_name("fer_pkg_dynamic_range.tflite")
+    dyn = interpreter_cls(model_path=str(fer_tflite), num_threads=1)
+    dyn.allocate_tensors()
+    dyn_in, dyn_out = dyn.get_input_details()[0]["index"], dyn.get_output_details()[0]["index"]
+    inputs = [keras_input([c]) for c in crops]
+
+    def int8(i):
+        return clf.predict([crops[i]])[0]
+
+    def keras_predict(i):
+        return model.predict(inputs[i], verbose=0)[0]
+
+    def keras_call(i):
+        return np.asarray(model(inputs[i], training=False))[0]
+
+    def fer_dynamic(i):
+        dyn.set_tensor(dyn_in, inputs[i])
+        dyn.invoke()
+        return dyn.get_tensor(dyn_out)[0]
+
+    methods = {"fer-edge int8 tflite": int8, "keras predict()": keras_predict, "keras __call__": keras_call,
+               "fer pkg dynamic-range tflite": fer_dynamic}
+    for f in methods.values():  # warm-up: graph tracing, first-call allocations
+        for i in range(3):
+            f(i)
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(opts.rounds):
+        for name, f in methods.items():
+            t = time.perf_counter()
+            for i in range(len(crops)):
+                f(i)
+            times[name].append(1000 * (time.perf_counter() - t) / len(crops))
+    ms = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    keras_labels = np.asarray(model(np.concatenate(inputs), training=False)).argmax(1)
+    int8_labels = clf.predict(crops).argmax(1)  # both models emit FER2013 order
+    return {"fps": 0.0, "faces": len(crops), "ms_per_face": ms,
+            "speedup_int8_vs_keras_predict": round(ms["keras predict()"] / ms["fer-edge int8 tflite"], 1),
+            "speedup_int8_vs_keras_call": round(ms["keras __call__"] / ms["fer-edge int8 tflite"], 1),
+            "int8_agrees_with_keras": round(float(np.mean(int8_labels == keras_labels)), 4),
+            "model": str(clf.model_path)}
+
+
+KINDS = {"tutorial": tutorial, "fer": fer_package, "reference": reference, "inference": inference}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=sorted(KINDS))
+    p.add_argument("video")
+    p.add_argument("--output", required=True)
+    p.add_argument("--result", required=True)
+    p.add_argument("--t-spawn", type=float, default=None)
+    p.add_argument("--keras-model", type=Path, default=KERAS_MODEL)
+    p.add_argument("--model", help="fer-edge .tflite for the inference section (default: bundled)")
+    p.add_argument("--faces", type=int, default=200, help="inference: faces per round")
+    p.add_argument("--rounds", type=int, default=5, help="inference: rounds")
+    opts = p.parse_args(argv)
+    if opts.t_spawn is None:
+        opts.t_spawn = time.time()
+    result = KINDS[opts.kind](opts)
+    result["heavy_modules"] = [m for m in heavy_modules() if "." not in m]
+    result["vm_hwm_mb"] = peak_rss_mb()
+    Path(opts.result).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
