@@ -124,8 +124,9 @@ def fer_package(opts) -> dict:
             "faces": faces_found, "frames_with_faces": with_faces, "records": records}
 
 
-def reference_crops(video: str):
-    """Per frame: full-resolution Haar boxes and their grey crops (the reference detector)."""
+def reference_crops(video: str, keep_grey: bool = False):
+    """Per frame: full-resolution Haar boxes and their grey crops (the reference detector);
+    with keep_grey, (crops, the whole grey frame) instead of the crops."""
     cascade = cv2.CascadeClassifier(CASCADE)
     cap = cv2.VideoCapture(video)
     while True:
@@ -134,26 +135,37 @@ def reference_crops(video: str):
             break
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         boxes = cascade.detectMultiScale(grey, **REFERENCE)
-        yield [tuple(int(v) for v in b) for b in boxes], [grey[y:y + h, x:x + w] for x, y, w, h in boxes]
+        crops = [grey[y:y + h, x:x + w] for x, y, w, h in boxes]
+        yield [tuple(int(v) for v in b) for b in boxes], ((crops, grey) if keep_grey else crops)
     cap.release()
 
 
 def reference(opts) -> dict:
+    """The reference labels, and how stable the float model itself is: the share of labels that
+    stay the same when the reference box moves by one pixel (left, right, up or down)."""
     import keras
 
     model = keras.models.load_model(str(opts.keras_model), compile=False)
-    frames, crops, owner = [], [], []
-    for i, (boxes, face_crops) in enumerate(reference_crops(opts.video)):
+    frames, crops, owner, shifted = [], [], [], []
+    for i, (boxes, face_crops) in enumerate(reference_crops(opts.video, keep_grey=True)):
         frames.append([list(b) for b in boxes])
-        crops += face_crops
-        owner += [i] * len(face_crops)
+        crops += face_crops[0]
+        owner += [i] * len(face_crops[0])
+        grey = face_crops[1]
+        for x, y, w, h in boxes:
+            for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                x0, y0 = min(max(0, x + dx), grey.shape[1] - w), min(max(0, y + dy), grey.shape[0] - h)
+                shifted.append(grey[y0:y0 + h, x0:x0 + w])
     labels = [[] for _ in frames]
+    stable = None
     if crops:
-        probs = np.asarray(model(keras_input(crops), training=False))
-        for i, p in zip(owner, probs):
-            labels[i].append(FER2013[int(p.argmax())])
+        best = np.asarray(model(keras_input(crops), training=False)).argmax(1)
+        for i, b in zip(owner, best):
+            labels[i].append(FER2013[int(b)])
+        moved = np.asarray(model(keras_input(shifted), training=False)).argmax(1).reshape(-1, 4)
+        stable = round(float(np.mean(moved == best[:, None])), 4)
     return {"frames": len(frames), "fps": 0.0, "settings": {**REFERENCE, "minSize": list(REFERENCE["minSize"])},
-            "boxes": frames, "labels": labels}
+            "boxes": frames, "labels": labels, "keras_label_kept_under_1px_shift": stable}
 
 
 def inference(opts) -> dict:

@@ -14,7 +14,9 @@ float Keras model on its crops, and per-face inference alone (int8 TFLite vs Ker
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -33,6 +35,8 @@ TUTORIAL, FER = "tutorial loop (Keras)", "fer package"
 EVERY, DEFAULT = "fer-edge every frame", "fer-edge default"
 BASELINES = {"ratio_vs_fer": FER, "ratio_vs_tutorial": TUTORIAL, "ratio_vs_floor": FLOOR}
 OVERLAP_IOU = 0.3  # a shown face "overlaps" the reference face at this IoU or more
+INSTALL = {"keras": "pip install -e '.[dev]' (TensorFlow + Keras)",
+           "fer": "pip install --no-deps fer==25.10.3 pillow pandas matplotlib 'moviepy<2'"}
 
 
 def contender_script(name: str, kind: str, video: str, extra: tuple[str, ...] = ()) -> Contender:
@@ -133,20 +137,73 @@ def targets(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def report(summary: dict[str, Any]) -> str:
+    """The human-readable form of the JSON summary."""
+    v, m = summary["video"], summary["machine"]
+    lines = [f"{Path(v['path']).name}: {v['width']}x{v['height']} @ {v['fps']} fps, {v['frames']} frames; "
+             f"median of {summary['rounds']} rounds; {m.get('cpus')} CPUs; load average "
+             f"{m.get('load_avg_before')} before, {summary.get('load_avg_after')} after", "",
+             format_table(summary, list(BASELINES))]
+    cpu = [f"{name}: " + ", ".join(f"{k.replace('ratio_vs_', 'x ')} {summary['cpu_' + k].get(name)}"
+                                   for k in BASELINES if "cpu_" + k in summary) for name in (EVERY, DEFAULT)]
+    lines += ["", "the same ratios in CPU time per frame (what a busy machine changes least; no credit for the "
+                  "second core): " + "; ".join(cpu)]
+    if "quality" in summary:
+        ref = summary["quality"]["reference"]
+        det = ref["detector"]
+        lines += ["", f"quality vs the reference: full-resolution Haar (scaleFactor {det['scaleFactor']}, minNeighbors "
+                      f"{det['minNeighbors']}, minSize {det['minSize'][0]}) on every frame, the float Keras model on "
+                      f"its crops; a face is found when a shown box overlaps (IoU >= {ref['overlap_iou']})",
+                  "| contender | frames with a face found | emotion agreement, per detected face | "
+                  "as logged (smoothed) | as shown, every frame |", "| --- | --- | --- | --- | --- |"]
+        for name, q in summary["quality"].items():
+            if name != "reference":
+                lines.append(f"| {name} | {q['frame_recall']:.1%} ({q['frames_found']}/"
+                             f"{q['frames_with_reference_face']}) | {q['emotion_agreement']:.1%} of "
+                             f"{q['detected_matching_reference']} | {q['logged_emotion_agreement']:.1%} | "
+                             f"{q['shown_emotion_agreement']:.1%} |")
+        if ref.get("keras_label_kept_under_1px_shift") is not None:
+            lines.append(f"the float Keras model itself keeps its label on only "
+                         f"{ref['keras_label_kept_under_1px_shift']:.1%} of the reference crops moved by one pixel")
+    if "inference" in summary:
+        inf = summary["inference"]
+        lines += ["", f"per-face inference alone, ms per face, one face per call ({inf['faces']} faces of the video):",
+                  "| " + " | ".join(inf["ms_per_face"]) + " |", "| --- " * len(inf["ms_per_face"]) + "|",
+                  "| " + " | ".join(f"{x:.3f}" for x in inf["ms_per_face"].values()) + " |",
+                  f"int8 TFLite is {inf['speedup_int8_vs_keras_predict']:g}x faster than Keras predict(), "
+                  f"{inf['speedup_int8_vs_keras_call']:g}x than Keras __call__, and gives the same label as "
+                  f"Keras on {inf['int8_agrees_with_keras']:.1%} of these crops"]
+    lines += ["", "targets:"]
+    for k, t in summary["targets"].items():
+        lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {k}: {t['value']} (target {t['target']})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("video")
+    p.add_argument("video", nargs="?")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip", action="append", default=[], choices=["tutorial", "fer", "quality", "inference"],
                    help="leave a part out (for quick runs)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="configuration override for both fer-edge modes (experiments)")
+    p.add_argument("--from-json", type=Path, metavar="FILE", help="print the table of an earlier --json run")
     args = p.parse_args(argv)
+    if args.from_json:
+        print(report(json.loads(args.from_json.read_text())))
+        return 0
+    if not args.video:
+        p.error("give a VIDEO (or --from-json FILE)")
     video = str(Path(args.video).resolve())
     say = (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
     info = {"video": video_info(video), "machine": machine(), "rounds": args.rounds,
             "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/pipeline.py", *(argv or sys.argv[1:])])}
+    missing = {"fer": "fer", "tutorial": "keras", "quality": "keras", "inference": "keras"}
+    for part, module in missing.items():
+        if part not in args.skip and importlib.util.find_spec(module) is None:
+            say(f"leaving out {part}: {module} is not installed ({INSTALL[module]})")
+            args.skip.append(part)
     extra = [f"--set={s}" for s in args.set]
     contenders = fer_edge_contenders(video, [], record=True, extra=extra)
     if "tutorial" not in args.skip:
@@ -157,6 +214,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fer-edge-bench-") as tmp:
         runs = run_rounds(contenders, args.rounds, Path(tmp), say)
         summary = summarise(runs, BASELINES)
+        summary["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         for key in BASELINES:
             summary.setdefault(key, {})
         if "quality" not in args.skip:
@@ -166,39 +224,21 @@ def main(argv=None) -> int:
                                   if "records" in rs[0].data}
             summary["quality"]["reference"] = {"detector": ref["settings"], "overlap_iou": OVERLAP_IOU,
                                                "frames": ref["frames"],
-                                               "faces": sum(len(b) for b in ref["boxes"])}
+                                               "faces": sum(len(b) for b in ref["boxes"]),
+                                               "keras_label_kept_under_1px_shift":
+                                                   ref["keras_label_kept_under_1px_shift"]}
         if "inference" not in args.skip:
             say("per-face inference")
             summary["inference"] = run_child(contender_script("inference", "inference", video), Path(tmp)).data
             summary["inference"].pop("fps", None)
     for name in (EVERY, DEFAULT):
-        summary.setdefault("settings", {})[name] = runs[name][0].data.get("settings")
+        data = runs[name][0].data
+        summary.setdefault("settings", {})[name] = {**data.get("settings", {}), "full_scans": data.get("full_scans"),
+                                                    "near_searches": data.get("near_searches")}
     summary["targets"] = targets(summary)
     summary.update(info)
     summary["wall_s"] = round(time.time() - started, 1)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    v = info["video"]
-    print(f"{Path(video).name}: {v['width']}x{v['height']} @ {v['fps']} fps, {v['frames']} frames; "
-          f"median of {args.rounds} rounds; {info['machine'].get('cpus')} CPUs")
-    print(format_table(summary, list(BASELINES)))
-    if "quality" in summary:
-        print("\nquality vs full-resolution Haar + Keras on every frame")
-        for name, q in summary["quality"].items():
-            if name == "reference":
-                continue
-            print(f"  {name}: frame recall {q['frame_recall']:.1%} ({q['frames_found']}/"
-                  f"{q['frames_with_reference_face']}), emotion agreement {q['emotion_agreement']:.1%} of "
-                  f"{q['detected_matching_reference']} detected faces (shown: {q['shown_emotion_agreement']:.1%})")
-    if "inference" in summary:
-        inf = summary["inference"]
-        print(f"\nper-face inference, ms ({inf['faces']} faces): " +
-              ", ".join(f"{k} {v:.3f}" for k, v in inf["ms_per_face"].items()) +
-              f"; int8 agrees with Keras on {inf['int8_agrees_with_keras']:.1%}")
-    print("\ntargets")
-    for k, t in summary["targets"].items():
-        print(f"  {'ok  ' if t['met'] else 'MISS'} {k}: {t['value']} (target {t['target']})")
+    print(json.dumps(summary, indent=2) if args.json else report(summary))
     return 0
 
 

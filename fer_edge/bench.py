@@ -5,6 +5,7 @@ RSS, its start-up time and the modules it loads are its own. Rounds interleave t
 (in a rotating order) and every figure is a median over rounds; a ratio is taken within a round,
 between runs made back to back, so a machine that is busy with something else skews both sides.
 No TensorFlow here: benchmarks/pipeline.py adds the TensorFlow contenders on a workstation.
+Rounds: 3, or $FER_EDGE_BENCH_ROUNDS (e.g. 1 for a quick look, 7 for steadier medians).
 """
 from __future__ import annotations
 
@@ -257,12 +258,16 @@ def summarise(runs: dict[str, list[Run]], baselines: dict[str, str]) -> dict[str
     for key, base in baselines.items():
         if base not in runs:
             continue
-        out[key] = {}
+        out[key], out["cpu_" + key] = {}, {}
         for name, rs in runs.items():
             if name == base or not name.startswith("fer-edge"):
                 continue
             pairs = [a.fps / b.fps for a, b in zip(rs, runs[base]) if b.fps > 0]
             out[key][name] = _r(_median(pairs), 2)
+            # CPU time per frame, the other way round: a busy machine moves it far less than fps,
+            # and it gives fer-edge no credit for keeping a second core busy
+            mine, theirs = out["cpu_ms_per_frame"].get(name), out["cpu_ms_per_frame"].get(base)
+            out["cpu_" + key][name] = _r(theirs / mine, 2) if mine and theirs else None
     return out
 
 
@@ -296,12 +301,13 @@ def model_argv(args: argparse.Namespace) -> list[str]:
 def format_table(summary: dict[str, Any], ratio_keys: Sequence[str]) -> str:
     names = list(summary["fps"])
     head = ["contender", "fps", *[k.replace("ratio_vs_", "x ") for k in ratio_keys],
-            "peak RSS MB", "first frame s", "faces", "TF loaded"]
+            "CPU ms/frame", "peak RSS MB", "first frame s", "faces", "TF loaded"]
     rows = []
     for n in names:
         ratios = [summary.get(k, {}).get(n) for k in ratio_keys]
-        rows.append([n, summary["fps"][n], *ratios, summary["peak_rss_mb"][n], summary["first_frame_s"][n],
-                     summary["faces"][n], "yes" if summary["tensorflow_loaded"][n] else "no"])
+        rows.append([n, summary["fps"][n], *ratios, summary["cpu_ms_per_frame"].get(n), summary["peak_rss_mb"][n],
+                     summary["first_frame_s"][n], summary["faces"][n],
+                     "yes" if summary["tensorflow_loaded"][n] else "no"])
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
     stages = summary["stage_ms_per_frame"]
     if stages:
