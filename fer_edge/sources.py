@@ -78,21 +78,20 @@ class VideoFileSource(Source):
             self._queue = queue.Queue(maxsize=prefetch)
             self._stopping = threading.Event()
             self._error: Optional[BaseException] = None
+            self._ended = False
             self._thread = threading.Thread(target=self._decode, name=f"decode-{self.name}", daemon=True)
             self._thread.start()
 
     def _decode(self) -> None:
-        """Decoder thread: frames into the queue in order; None marks the end (or an error)."""
-        image = None
+        """Decoder thread: frames into the queue in order, then None (end of file, or an error)."""
         try:
             while not self._stopping.is_set():
                 ok, image = self._cap.read()
                 if not ok:
-                    image = None
                     break
                 self._put(image)
         except BaseException as exc:  # surfaced by read()
-            self._error, image = exc, None
+            self._error = exc
         finally:
             self._put(None)
 
@@ -106,11 +105,11 @@ class VideoFileSource(Source):
 
     def read(self) -> Frame | None:
         if self._queue is not None:
-            if self._index == -2:  # ended earlier
+            if self._ended:
                 return None
             image = self._queue.get()
             if image is None:
-                self._index = -2
+                self._ended = True
                 if self._error is not None:
                     raise DataError(f"decoding {self.name} failed: {self._error}")
                 return None
