@@ -130,6 +130,13 @@ def test_short_training_run_saves_a_model_that_converts_and_runs_on_device(tmp_p
         assert (out / name).is_file(), name
     assert json.loads((out / "training_summary.json").read_text())["epochs_run"] == 2
     assert (out / "training_log.csv").read_text().count("\n") == 3
+    bn = s["bn_recalibration"]
+    assert bn["faces"] == s["data"]["train"] and bn["applied"] == (bn["val_accuracy_after"] >= bn["val_accuracy_before"])
+
+    # finishing a checkpoint again (no training) keeps the history and writes the same reports
+    again = train(TrainConfig(data=FER_TRAIN, out=out, limit=700, width=0.5, seed=0,
+                              from_checkpoint=result.model_path, bn_recalibration=0), log=lambda m: None)
+    assert again.summary["epochs_run"] == 2 and again.summary["fit_seconds"] == s["fit_seconds"]
 
     tflite = tmp_path / "cnn_int8.tflite"
     report = run_conversion(result.model_path, tflite, quantize="int8", calibration=FER_TRAIN,
