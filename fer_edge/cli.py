@@ -207,7 +207,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise DataError(f"image {path} could not be decoded; give a JPEG/PNG/BMP file")
-        boxes = detector.detect(image)
+        boxes, _ = detector.find(image, None, [], full_scan=True)  # the same boxes `run` would give
         crops = [crop_face(image, box, cfg.analysis.face_margin, classifier.info.input_channels == 1)
                  for box in boxes]
         probs = classifier.predict(crops)
@@ -335,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the pipeline on this device (fps, per-stage ms, RSS)")
     bench.add_argument("video", nargs="?", metavar="VIDEO", help="video file (default: the bundled sample)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds; figures are medians (default 3)")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)
     return p
@@ -347,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 64
-    for name in ("threads", "every", "max_frames", "detection_width", "limit"):
+    for name in ("threads", "every", "max_frames", "detection_width", "limit", "rounds"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "every" else 1):
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be {'0 or more' if name == 'every' else 'positive'}")

@@ -201,6 +201,27 @@ class LatestFrameReader:
         self._thread.join(timeout=2.0)
 
 
+class LiveSource(Source):
+    """A camera: `_grab` runs on a LatestFrameReader thread; `read` takes the newest frame."""
+
+    _reader: LatestFrameReader
+
+    def _grab(self) -> Optional[tuple[np.ndarray, Optional[np.ndarray]]]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def read(self) -> Frame | None:
+        frame = self._reader.read()
+        self.dropped = self._reader.dropped
+        return frame
+
+    def close(self) -> None:
+        self._reader.stop()
+        self._release()
+
+
 def _v4l2_device(path: str) -> int | str:
     if path == "":
         return 0
@@ -209,7 +230,7 @@ def _v4l2_device(path: str) -> int | str:
     return path
 
 
-class V4L2Source(Source):
+class V4L2Source(LiveSource):
     """USB/V4L2 webcam by index or /dev/videoN, asking for MJPG at the configured size and rate."""
 
     def __init__(self, cfg: SourceConfig):
@@ -244,13 +265,7 @@ class V4L2Source(Source):
         ok, image = self._cap.read()
         return (image, None) if ok else None
 
-    def read(self) -> Frame | None:
-        frame = self._reader.read()
-        self.dropped = self._reader.dropped
-        return frame
-
-    def close(self) -> None:
-        self._reader.stop()
+    def _release(self) -> None:
         self._cap.release()
 
 
@@ -266,7 +281,7 @@ def picamera2_cameras() -> list:
         return []
 
 
-class Picamera2Source(Source):
+class Picamera2Source(LiveSource):
     """Raspberry Pi camera: a main RGB888 stream to record, and a lores YUV420 stream whose Y plane
     is the grey detection frame at no conversion cost (the Pi 4 ISP only gives YUV420 for lores)."""
 
@@ -306,13 +321,7 @@ class Picamera2Source(Source):
         w, h = self._lores_size
         return image, lores[:h, :w]  # Y plane: the first h rows of the I420 buffer
 
-    def read(self) -> Frame | None:
-        frame = self._reader.read()
-        self.dropped = self._reader.dropped
-        return frame
-
-    def close(self) -> None:
-        self._reader.stop()
+    def _release(self) -> None:
         self._cam.stop()
         self._cam.close()
 
