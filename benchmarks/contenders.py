@@ -47,6 +47,32 @@ def open_writer(opts, cap) -> cv2.VideoWriter:
                            cap.get(cv2.CAP_PROP_FPS) or 25.0, size)
 
 
+class Tally:
+    """What every contender's loop counts, counted the same way for each."""
+
+    def __init__(self, opts):
+        self.t_spawn = opts.t_spawn
+        self.frames = self.faces = self.with_faces = 0
+        self.first: float | None = None
+        self.records: list = []  # per frame: what it found and labelled, for the quality figures
+        self.started, self.cpu = time.perf_counter(), time.process_time()
+
+    def frame(self, found: list) -> None:
+        """One analysed frame; `found` holds [x, y, w, h, label] per face."""
+        self.records.append([self.frames, found, found, [f[4] for f in found]])
+        if self.first is None:
+            self.first = time.time() - self.t_spawn
+        self.faces += len(found)
+        self.with_faces += len(found) > 0
+        self.frames += 1
+
+    def result(self) -> dict:
+        seconds, cpu = time.perf_counter() - self.started, time.process_time() - self.cpu
+        return {"frames": self.frames, "seconds": seconds, "fps": self.frames / seconds,
+                "first_frame_s": self.first, "cpu_ms_per_frame": 1000 * cpu / max(1, self.frames),
+                "faces": self.faces, "frames_with_faces": self.with_faces, "records": self.records}
+
+
 def tutorial(opts) -> dict:
     """Written the way the tutorials write it; the one liberty: predict(verbose=0), which spares
     it Keras 3's per-call progress bar (so this is slightly faster than the published loop)."""
@@ -56,10 +82,7 @@ def tutorial(opts) -> dict:
     classifier = load_model(str(opts.keras_model), compile=False)
     cap = cv2.VideoCapture(opts.video)
     out = open_writer(opts, cap)
-    frames = faces_found = with_faces = 0
-    first = None
-    records = []  # per frame: what it found and labelled, for the quality figures
-    started, cpu = time.perf_counter(), time.process_time()
+    tally = Tally(opts)
     while True:
         ret, frame = cap.read()
         if not ret:
@@ -76,18 +99,10 @@ def tutorial(opts) -> dict:
             label = FER2013[prediction.argmax()]
             cv2.putText(frame, label, (x, y - 10), cv2.FONT_HERSHEY_SIMPLEX, 1, (0, 255, 0), 2)
             found.append([int(x), int(y), int(w), int(h), label])
-        records.append([frames, found, found, [f[4] for f in found]])
-        if first is None:
-            first = time.time() - opts.t_spawn
-        faces_found += len(faces)
-        with_faces += len(faces) > 0
+        tally.frame(found)
         out.write(frame)
-        frames += 1
     out.release()
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "first_frame_s": first,
-            "cpu_ms_per_frame": 1000 * cpu / max(1, frames),
-            "faces": faces_found, "frames_with_faces": with_faces, "records": records}
+    return tally.result()
 
 
 def fer_package(opts) -> dict:
@@ -99,10 +114,7 @@ def fer_package(opts) -> dict:
     detector = FER(use_tflite=True)
     cap = cv2.VideoCapture(opts.video)
     out = open_writer(opts, cap)
-    frames = faces_found = with_faces = 0
-    first = None
-    records = []
-    started, cpu = time.perf_counter(), time.process_time()
+    tally = Tally(opts)
     while True:
         ok, frame = cap.read()
         if not ok:
@@ -110,18 +122,10 @@ def fer_package(opts) -> dict:
         faces = detector.detect_emotions(frame)
         frame = draw_annotations(frame, faces)
         found = [[*map(int, f["box"]), max(f["emotions"], key=f["emotions"].get)] for f in faces]
-        records.append([frames, found, found, [f[4] for f in found]])
-        if first is None:
-            first = time.time() - opts.t_spawn
-        faces_found += len(faces)
-        with_faces += len(faces) > 0
+        tally.frame(found)
         out.write(frame)
-        frames += 1
     out.release()
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "first_frame_s": first,
-            "cpu_ms_per_frame": 1000 * cpu / max(1, frames),
-            "faces": faces_found, "frames_with_faces": with_faces, "records": records}
+    return tally.result()
 
 
 def reference_crops(video: str, keep_grey: bool = False):

@@ -36,7 +36,7 @@ int8 accuracy 65.20% mean against the float model's 65.23%.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -239,14 +239,7 @@ def _per_sample_stats(model: bytes, samples: np.ndarray, tensors: list[int],
             return float((top - reach).min()), float(np.minimum(top, second + reach).max())
         return relevant
 
-    reducers = [reduce_for(t) for t in tensors]
-    interp = _interpreter(model)
-    index = interp.get_input_details()[0]["index"]
-    rows = []
-    for sample in samples:
-        interp.set_tensor(index, sample[None])
-        interp.invoke()
-        rows.append([reduce(interp.get_tensor(t)) for reduce, t in zip(reducers, tensors)])
+    rows = _run_each(model, samples, tensors, [reduce_for(t) for t in tensors])
     arr = np.asarray(rows, np.float64)  # (faces, tensors, 2)
     return arr[..., 0], arr[..., 1]
 
@@ -278,15 +271,17 @@ def _interpreter(model: bytes):
 
 
 def _run_each(model: bytes, samples: np.ndarray, tensors: list[int],
-              reduce: Callable[[np.ndarray], Any]) -> list[list[Any]]:
-    """reduce(value) of every tensor, face by face: rows per face, columns per tensor."""
+              reduce: Callable[[np.ndarray], Any] | Sequence[Callable[[np.ndarray], Any]]) -> list[list[Any]]:
+    """reduce(value) of every tensor (one reducer for all, or one per tensor), face by face:
+    rows per face, columns per tensor."""
+    reducers = [reduce] * len(tensors) if callable(reduce) else list(reduce)
     interp = _interpreter(model)
     index = interp.get_input_details()[0]["index"]
     rows = []
     for sample in samples:
         interp.set_tensor(index, sample[None])
         interp.invoke()
-        rows.append([reduce(interp.get_tensor(t)) for t in tensors])
+        rows.append([fn(interp.get_tensor(t)) for fn, t in zip(reducers, tensors)])
     return rows
 
 

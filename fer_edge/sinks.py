@@ -47,6 +47,14 @@ def _free_name(directory: Path, prefix: str, unix_time: float, seq: int, suffix:
         seq += 1
 
 
+def _make_dir(directory: Path, what: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {what} directory {directory} ({exc.strerror or exc}); "
+                          "choose a writable output.directory") from None
+
+
 class Retention:
     """Keep at most max_files files and max_bytes bytes, and at least min_free_bytes free on the
     file system; 0 disables a limit. The oldest files (by name) go first."""
@@ -133,11 +141,7 @@ class SegmentedVideoWriter:
         self.frames_written = 0
         self.segments: list[Path] = []
         self.deleted = 0
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create video directory {self.directory} ({exc.strerror or exc}); "
-                              "choose a writable output.directory") from None
+        _make_dir(self.directory, "video")
         self._probe()
         self.deleted += len(retention.enforce(self.directory, self.pattern))  # a disk filled before a restart
         self._shape = (self.frame_size[1], self.frame_size[0], 3)
@@ -294,11 +298,7 @@ class RollingCsvLog:
         self._size = 0
         self._opened_at = 0.0
         self._last_flush = 0.0
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create CSV directory {self.directory} ({exc.strerror or exc}); "
-                              "choose a writable output.directory") from None
+        _make_dir(self.directory, "CSV")
         self._open()
 
     @property
