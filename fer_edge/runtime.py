@@ -157,11 +157,6 @@ class EmotionClassifier:
             np.take(self._lut, resized, out=self._batch[i].reshape(resized.shape))
         return self._invoke(n)
 
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for a stack of uint8 images already at the model's input size."""
-        return np.concatenate([self.predict(images[i:i + 64]) for i in range(0, len(images), 64)]) \
-            if len(images) else np.empty((0, len(self.labels)), np.float32)
-
     def _invoke(self, n: int) -> np.ndarray:
         if self._batchable:
             self._interp.set_tensor(self._in_index, self._batch[:n])
