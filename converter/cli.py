@@ -10,24 +10,14 @@ from typing import Sequence
 from fer_edge.cli_support import attach_negative_values, run_main
 from fer_edge.errors import UsageError
 from fer_edge.labels import parse_labels
+from fer_edge.modelmeta import parse_input_range
 from fer_edge.metrics import format_report, save_confusion_png
 
-from .convert import INPUT_RANGES, QUANTIZATIONS
+from .convert import QUANTIZATIONS
 
 
 def parse_range(text: str) -> tuple[float, float] | None:
-    if text == "auto":
-        return None
-    key = text.replace(" ", "").replace("[", "").replace("]", "")
-    if key in INPUT_RANGES:
-        return INPUT_RANGES[key]
-    try:
-        lo, hi = (float(x) for x in key.split(","))
-    except ValueError:
-        raise UsageError(f"--input-range {text!r}: give auto, 0,1 or -1,1 (or LO,HI)") from None
-    if not hi > lo:
-        raise UsageError(f"--input-range {text!r}: LO must be below HI")
-    return lo, hi
+    return None if text == "auto" else parse_input_range(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

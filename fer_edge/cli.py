@@ -20,7 +20,7 @@ from . import __version__
 from .cli_support import attach_negative_values, run_main
 from .config import Config, SERVICE_CONFIG, load_config, to_toml
 from .errors import DataError, InputMissing, OutputError, UsageError
-from .modelmeta import ModelInfo, read_model_info
+from .modelmeta import parse_input_range
 from .resources import DEFAULT_MODEL, find_resource
 
 LIVE_KINDS = ("auto", "picamera2", "v4l2")
@@ -86,31 +86,13 @@ def model_path(cfg: Config) -> Path:
     return Path(cfg.model.path) if cfg.model.path else find_resource(DEFAULT_MODEL)
 
 
-def model_info_override(args: argparse.Namespace, path: Path) -> ModelInfo | None:
-    """--labels / --input-range for a plain TFLite model that carries no fer-edge metadata."""
-    if not (getattr(args, "labels", None) or getattr(args, "input_range", None)):
-        return None
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--labels / --input-range, for a plain TFLite model that carries no fer-edge metadata."""
     from .labels import parse_labels
-    from .runtime import load_runtime
 
-    stored = read_model_info(path)
-    _, interpreter_cls = load_runtime(getattr(args, "runtime", None))
-    interp = interpreter_cls(model_path=str(path))
-    shape = [int(x) for x in interp.get_input_details()[0]["shape"]]
-    channels = shape[3] if len(shape) == 4 else 1
-    labels = parse_labels(args.labels) if args.labels else (stored.labels if stored else None)
-    if labels is None:
-        raise UsageError(f"model {path} has no metadata: --labels is needed with --input-range")
-    if args.input_range:
-        try:
-            lo, hi = (float(v) for v in args.input_range.replace("[", "").replace("]", "").split(","))
-        except ValueError:
-            raise UsageError(f"--input-range {args.input_range!r}: write it as 0,1 or -1,1") from None
-    elif stored:
-        lo, hi = stored.input_range
-    else:
-        raise UsageError(f"model {path} has no metadata: --input-range is needed with --labels")
-    return ModelInfo(labels, shape[1], shape[2], channels, (lo, hi), "grey" if channels == 1 else "rgb")
+    labels, input_range = getattr(args, "labels", None), getattr(args, "input_range", None)
+    return {"labels": parse_labels(labels) if labels else None,
+            "input_range": parse_input_range(input_range) if input_range else None}
 
 
 def open_classifier(args: argparse.Namespace, cfg: Config):
@@ -118,7 +100,7 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 
     path = model_path(cfg)
     classifier = EmotionClassifier(path, num_threads=cfg.model.num_threads, runtime=cfg.model.runtime or None,
-                                   info=model_info_override(args, path))
+                                   **model_overrides(args))
     info = classifier.info
     log(f"model {path.name}: {info.extra.get('quantization', 'tflite')}, labels {', '.join(info.labels)}; "
         f"input {info.describe_preprocessing()}; runtime {classifier.runtime_name}, "
@@ -231,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path = Path(args.model)
     classifier = EmotionClassifier(path, num_threads=args.threads, runtime=args.runtime,
-                                   info=model_info_override(args, path))
+                                   **model_overrides(args))
     faces = load_faces(args.dataset, usage=args.usage, limit=args.limit, strict=args.strict,
                        warn=lambda m: log(f"warning: {m}"))
     labels = classifier.labels

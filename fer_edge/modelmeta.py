@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, InputMissing
+from .errors import DataError, InputMissing, UsageError
 from .labels import canonical
 
 METADATA_NAME = "fer_edge"
@@ -87,6 +87,17 @@ class ModelInfo:
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise DataError(f"{where}: malformed fer-edge metadata ({exc!r})") from None
+
+
+def parse_input_range(text: str) -> tuple[float, float]:
+    """`--input-range` value: 0,1 or -1,1 (brackets allowed), or any increasing LO,HI."""
+    try:
+        lo, hi = (float(x) for x in text.replace(" ", "").strip("[]()").split(","))
+    except ValueError:
+        raise UsageError(f"--input-range {text!r}: write it as 0,1 or -1,1 (or LO,HI)") from None
+    if not hi > lo:
+        raise UsageError(f"--input-range {text!r}: LO must be below HI")
+    return lo, hi
 
 
 # --- a minimal read-only flatbuffer walker for the TFLite schema --------------------------------

@@ -153,8 +153,8 @@ class Pipeline:
                         self.stop_event.set()
                     stage["display"] += clock() - t5
                 st.frames += 1
-                fps_window.tick(clock())
                 now = clock()
+                fps_window.tick(now)
                 if self.csv is not None:
                     self.csv.tick()
                     if self.reopen_event.is_set():

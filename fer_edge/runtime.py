@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .errors import DataError, InputMissing, Unavailable
+from .errors import DataError, InputMissing, Unavailable, UsageError
 from .modelmeta import ModelInfo, read_model_info
 
 RUNTIMES = (
@@ -71,7 +71,10 @@ class EmotionClassifier:
     """One interpreter; all faces of a frame go through one invoke when the model allows it."""
 
     def __init__(self, model_path: str | Path, *, num_threads: int | None = None,
-                 runtime: str | None = None, info: ModelInfo | None = None):
+                 runtime: str | None = None, info: ModelInfo | None = None,
+                 labels: tuple[str, ...] | None = None, input_range: tuple[float, float] | None = None):
+        """`info` replaces the stored metadata; `labels`/`input_range` override parts of it, which is
+        how a plain TFLite model without fer-edge metadata is used (--labels, --input-range)."""
         model_path = Path(model_path)
         if not model_path.is_file():
             raise InputMissing(f"model {model_path} not found; pass --model PATH.tflite "
@@ -95,6 +98,13 @@ class EmotionClassifier:
         channels = shape[3] if len(shape) == 4 else 1
         if info is None:
             info = stored
+        if labels is not None or input_range is not None:
+            labels = labels or (info.labels if info else None)
+            input_range = input_range or (info.input_range if info else None)
+            if labels is None or input_range is None:
+                raise UsageError(f"model {model_path} has no metadata: pass both --labels and --input-range")
+            info = ModelInfo(labels, height, width, channels, input_range, "grey" if channels == 1 else "rgb",
+                             extra=info.extra if info else {})
         if info is None:
             raise DataError(f"model {model_path} carries no fer-edge metadata (labels, preprocessing); "
                             "convert it with fer-convert, or pass --labels and --input-range")
