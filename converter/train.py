@@ -74,6 +74,7 @@ class TrainConfig:
     usage: str = "Training"  # rows of a fer2013.csv to train on
     bn_recalibration: int = 4096  # clean training faces to re-estimate BatchNorm statistics on; 0: off
     from_checkpoint: Path | None = None  # skip fitting: finish (recalibrate, evaluate, report) this model
+    init_from: Path | None = None  # start fitting from this fer-train model's weights (another LR cycle)
     precision: str = "auto"  # bfloat16 mixed precision where the CPU has native bf16 (about 2x faster)
     progress: bool = False
     stages: tuple[int, ...] = STAGES
@@ -103,6 +104,8 @@ class TrainConfig:
             raise UsageError("--patience must be at least 1")
         if self.bn_recalibration < 0:
             raise UsageError("--bn-recalibration must be 0 (off) or a number of faces")
+        if self.init_from is not None and self.from_checkpoint is not None:
+            raise UsageError("--init-from trains and --from-checkpoint does not; give one of them")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
 
@@ -377,6 +380,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     test_path = Path(cfg.test) if cfg.test is not None else None
     if test_path is not None and not test_path.exists():
         raise InputMissing(f"--test {test_path} not found; give a FER2013 test folder or CSV")
+    if cfg.init_from is not None:
+        check_same_split(Path(cfg.init_from), cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -524,6 +529,36 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     return TrainResult(out, model_path, summary)
 
 
+def check_same_split(init_from: Path, cfg: TrainConfig) -> None:
+    """A warm start must keep the validation faces unseen: same data, seed and split as the run that made it."""
+    if not init_from.is_file():
+        raise InputMissing(f"--init-from {init_from} not found; give a .keras file fer-train wrote")
+    summary_path = init_from.parent / "training_summary.json"
+    try:
+        made_by = json.loads(summary_path.read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        raise DataError(f"--init-from {init_from}: no training_summary.json beside it to check its validation "
+                        "split against; keep the model in the folder fer-train wrote it to") from None
+    ours = {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "limit": cfg.limit,
+            "data": str(Path(cfg.data).resolve())}
+    theirs = {k: made_by.get(k) for k in ours}
+    theirs["data"] = str(Path(str(theirs["data"])).resolve())
+    if ours != theirs:
+        diff = ", ".join(f"{k} {theirs[k]} (now {ours[k]})" for k in ours if ours[k] != theirs[k])
+        raise UsageError(f"--init-from {init_from} was trained with {diff}; use the same data, --seed, "
+                         "--val-fraction and --limit so its training faces stay out of validation")
+
+
+def load_initial_weights(model, init_from: Path, log: Log) -> None:
+    try:
+        source = keras.models.load_model(str(init_from), compile=False)
+        model.set_weights(source.get_weights())
+    except Exception as exc:
+        raise DataError(f"--init-from {init_from} does not fit this architecture (same --width?): "
+                        f"{str(exc).strip().splitlines()[0][:200]}") from None
+    log(f"starting from the weights of {init_from}")
+
+
 def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, warmup: int, total_steps: int,
         model_path: Path, log_path: Path, batch_losses: list[float], started: float,
         log: Log) -> tuple[dict[str, list[float]], float]:
@@ -534,6 +569,8 @@ def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, warmup: 
         model = build_model(cfg.stages, cfg.width, cfg.dropout, len(KAGGLE_ORDER))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    if cfg.init_from is not None:
+        load_initial_weights(model, Path(cfg.init_from), log)
     log(f"model {MODEL_NAME}: {model.count_params():,} parameters; {cfg.epochs} epoch(s) x {steps} steps of "
         f"{cfg.batch_size}; {precision} training")
     schedule = WarmupCosine(cfg.learning_rate, warmup, total_steps)

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-checkpoint", type=Path, metavar="MODEL.keras",
                    help="do not train: finish this fer-train checkpoint (BN re-estimation, validation/test "
                         "reports, curves from DIR/training_log.csv) into --out")
+    p.add_argument("--init-from", type=Path, metavar="MODEL.keras",
+                   help="start from this fer-train model's weights instead of random ones, e.g. to give a "
+                        "finished run another learning-rate cycle; needs the same data, --seed, --val-fraction "
+                        "and --width, so its validation faces stay unseen")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="training arithmetic: auto = bfloat16 mixed precision where the CPU has native bf16 "
                         "(AVX512_BF16/AMX, about 2x faster), else float32; the saved model is float32 either way")
@@ -81,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ferplus_weight=args.ferplus_weight, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, patience=args.patience, class_weighting=args.class_weighting,
         width=args.width, precision=args.precision, bn_recalibration=args.bn_recalibration,
-        from_checkpoint=args.from_checkpoint, steps_per_epoch=args.steps_per_epoch,
+        from_checkpoint=args.from_checkpoint, init_from=args.init_from, steps_per_epoch=args.steps_per_epoch,
         progress=sys.stderr.isatty() and not args.quiet)
     result = train(cfg, log)
     s = result.summary

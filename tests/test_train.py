@@ -138,6 +138,15 @@ def test_short_training_run_saves_a_model_that_converts_and_runs_on_device(tmp_p
                               from_checkpoint=result.model_path, bn_recalibration=0), log=lambda m: None)
     assert again.summary["epochs_run"] == 2 and again.summary["fit_seconds"] == s["fit_seconds"]
 
+    # a warm start (another LR cycle) begins where the first run ended, not from random weights
+    warm = train(TrainConfig(data=FER_TRAIN, out=tmp_path / "warm", limit=700, epochs=1, steps_per_epoch=8,
+                             batch_size=32, width=0.5, seed=0, learning_rate=1e-3, init_from=result.model_path,
+                             bn_recalibration=0), log=lambda m: None)
+    assert warm.summary["history"]["loss"][0] < losses[0]
+    with pytest.raises(UsageError, match="seed 0 \\(now 1\\)"):  # its validation faces would leak
+        train(TrainConfig(data=FER_TRAIN, out=tmp_path / "leak", limit=700, width=0.5, seed=1,
+                          init_from=result.model_path), log=lambda m: None)
+
     tflite = tmp_path / "cnn_int8.tflite"
     report = run_conversion(result.model_path, tflite, quantize="int8", calibration=FER_TRAIN,
                             calibration_samples=40, labels=KAGGLE_ORDER, input_range=(0.0, 1.0),
