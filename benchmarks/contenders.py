@@ -145,31 +145,56 @@ def reference_crops(video: str, keep_grey: bool = False):
 
 
 def reference(opts) -> dict:
-    """The reference labels, and how stable the float model itself is: the share of labels that
-    stay the same when the reference box moves by one pixel (left, right, up or down)."""
+    """The reference labels, and what stands between them and fer-edge's, one cause at a time:
+    - the float model's own stability: the share of its labels that stay the same when the
+      reference box moves by one pixel (left, right, up or down);
+    - quantization alone: fer-edge's int8 model on the very same reference crops;
+    - box placement alone: the float model on the boxes each fer-edge mode found (`--probe`)."""
     import keras
 
+    from fer_edge.resources import DEFAULT_MODEL, find_resource
+    from fer_edge.runtime import EmotionClassifier
+
     model = keras.models.load_model(str(opts.keras_model), compile=False)
-    frames, crops, owner, shifted = [], [], [], []
+    probe = json.loads(Path(opts.probe).read_text()) if opts.probe else {}
+    frames, crops, owner, shifted, greys = [], [], [], [], []
     for i, (boxes, face_crops) in enumerate(reference_crops(opts.video, keep_grey=True)):
         frames.append([list(b) for b in boxes])
         crops += face_crops[0]
         owner += [i] * len(face_crops[0])
         grey = face_crops[1]
+        greys.append(grey if probe else None)
         for x, y, w, h in boxes:
             for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
                 x0, y0 = min(max(0, x + dx), grey.shape[1] - w), min(max(0, y + dy), grey.shape[0] - h)
                 shifted.append(grey[y0:y0 + h, x0:x0 + w])
     labels = [[] for _ in frames]
-    stable = None
+    stable = int8_same = None
     if crops:
         best = np.asarray(model(keras_input(crops), training=False)).argmax(1)
         for i, b in zip(owner, best):
             labels[i].append(FER2013[int(b)])
         moved = np.asarray(model(keras_input(shifted), training=False)).argmax(1).reshape(-1, 4)
         stable = round(float(np.mean(moved == best[:, None])), 4)
+        clf = EmotionClassifier(opts.model or find_resource(DEFAULT_MODEL), num_threads=1)
+        int8 = [clf.labels[k] for k in clf.predict(crops).argmax(1)]
+        int8_same = round(float(np.mean([a == FER2013[int(b)] for a, b in zip(int8, best)])), 4)
+    # Per fer-edge mode, per record, the float model's label on each box that mode found.
+    float_on_probe: dict[str, list[list[str]]] = {}
+    for name, records in probe.items():
+        probe_crops, where = [], []
+        for r, (index, boxes) in enumerate(records):
+            for x, y, w, h in boxes:
+                probe_crops.append(greys[index][max(0, y):y + h, max(0, x):x + w])
+                where.append(r)
+        out: list[list[str]] = [[] for _ in records]
+        if probe_crops:
+            for r, b in zip(where, np.asarray(model(keras_input(probe_crops), training=False)).argmax(1)):
+                out[r].append(FER2013[int(b)])
+        float_on_probe[name] = out
     return {"frames": len(frames), "fps": 0.0, "settings": {**REFERENCE, "minSize": list(REFERENCE["minSize"])},
-            "boxes": frames, "labels": labels, "keras_label_kept_under_1px_shift": stable}
+            "boxes": frames, "labels": labels, "keras_label_kept_under_1px_shift": stable,
+            "int8_agrees_on_reference_crops": int8_same, "float_on_probe": float_on_probe}
 
 
 def inference(opts) -> dict:
@@ -241,7 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--result", required=True)
     p.add_argument("--t-spawn", type=float, default=None)
     p.add_argument("--keras-model", type=Path, default=KERAS_MODEL)
-    p.add_argument("--model", help="fer-edge .tflite for the inference section (default: bundled)")
+    p.add_argument("--model", help="fer-edge .tflite for the inference and reference sections (default: bundled)")
+    p.add_argument("--probe", help="reference: JSON {mode: [[frame index, boxes], ...]} to label with the float model")
     p.add_argument("--faces", type=int, default=200, help="inference: faces per round")
     p.add_argument("--rounds", type=int, default=5, help="inference: rounds")
     opts = p.parse_args(argv)

@@ -65,12 +65,14 @@ def _best_match(box: list, ref_boxes: np.ndarray) -> tuple[int, float]:
     return j, float(ious[j])
 
 
-def quality(records: list, reference: dict) -> dict[str, Any]:
+def quality(records: list, reference: dict, float_on_own_boxes: list | None = None) -> dict[str, Any]:
     """Detection: frames with a reference face whose shown results overlap one; reference faces
     covered. Emotion: for each face fer-edge detected, the int8 model's label on fer-edge's crop
     vs the Keras label on the reference crop it overlaps (emotion_agreement); the same for the
     label fer-edge logs, which the tracker smooths over analyses (logged_), and for what is
-    shown on every frame (shown_)."""
+    shown on every frame (shown_). With `float_on_own_boxes` (the float model's labels on
+    fer-edge's crops, per record), the same comparison without quantization: what box placement
+    alone costs (float_model_on_own_boxes_agreement)."""
     ref_boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in reference["boxes"]]
     ref_labels = reference["labels"]
     shown = shown_per_frame(records, len(ref_boxes))
@@ -91,9 +93,10 @@ def quality(records: list, reference: dict) -> dict[str, Any]:
                 if iou >= OVERLAP_IOU:
                     shown_compared += 1
                     shown_agree += f[4] == ref_labels[i][j]
-    detected = matched = agree = agree_logged = 0
-    for index, found, _visible, unsmoothed in records:
-        for f, label in zip(found, unsmoothed):
+    detected = matched = agree = agree_logged = agree_float = 0
+    for r, (index, found, _visible, unsmoothed) in enumerate(records):
+        floats = float_on_own_boxes[r] if float_on_own_boxes else [None] * len(found)
+        for f, label, float_label in zip(found, unsmoothed, floats):
             detected += 1
             if index >= len(ref_boxes):
                 continue
@@ -102,6 +105,7 @@ def quality(records: list, reference: dict) -> dict[str, Any]:
                 matched += 1
                 agree += label == ref_labels[index][j]
                 agree_logged += f[4] == ref_labels[index][j]
+                agree_float += float_label == ref_labels[index][j]
     return {
         "frames_with_reference_face": frames_with_ref,
         "frames_found": frames_found,
@@ -112,6 +116,8 @@ def quality(records: list, reference: dict) -> dict[str, Any]:
         "emotion_agreement": round(agree / max(1, matched), 4),
         "logged_emotion_agreement": round(agree_logged / max(1, matched), 4),
         "shown_emotion_agreement": round(shown_agree / max(1, shown_compared), 4),
+        "float_model_on_own_boxes_agreement": (round(agree_float / max(1, matched), 4)
+                                               if float_on_own_boxes else None),
     }
 
 
@@ -132,6 +138,9 @@ def targets(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "default frame recall": t(q.get("frame_recall"), 0.95),
         "default emotion agreement": t(q.get("emotion_agreement"), 0.95),
     }
+    ref = s.get("quality", {}).get("reference", {})
+    if ref.get("int8_agrees_on_reference_crops") is not None:  # the part of that figure speed choices own
+        out["int8 vs float on the reference crops"] = t(ref["int8_agrees_on_reference_crops"], 0.95)
     clean = not any(s["tensorflow_loaded"].get(n) for n in (EVERY, DEFAULT))
     out["no TensorFlow in fer-edge"] = {"value": clean, "target": "True", "met": clean}
     return out
@@ -155,16 +164,21 @@ def report(summary: dict[str, Any]) -> str:
                       f"{det['minNeighbors']}, minSize {det['minSize'][0]}) on every frame, the float Keras model on "
                       f"its crops; a face is found when a shown box overlaps (IoU >= {ref['overlap_iou']})",
                   "| contender | frames with a face found | emotion agreement, per detected face | "
-                  "as logged (smoothed) | as shown, every frame |", "| --- | --- | --- | --- | --- |"]
+                  "as logged (smoothed) | as shown, every frame | float Keras on the same boxes |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for name, q in summary["quality"].items():
             if name != "reference":
+                own = q.get("float_model_on_own_boxes_agreement")
                 lines.append(f"| {name} | {q['frame_recall']:.1%} ({q['frames_found']}/"
                              f"{q['frames_with_reference_face']}) | {q['emotion_agreement']:.1%} of "
                              f"{q['detected_matching_reference']} | {q['logged_emotion_agreement']:.1%} | "
-                             f"{q['shown_emotion_agreement']:.1%} |")
+                             f"{q['shown_emotion_agreement']:.1%} | {'-' if own is None else f'{own:.1%}'} |")
         if ref.get("keras_label_kept_under_1px_shift") is not None:
             lines.append(f"the float Keras model itself keeps its label on only "
                          f"{ref['keras_label_kept_under_1px_shift']:.1%} of the reference crops moved by one pixel")
+        if ref.get("int8_agrees_on_reference_crops") is not None:
+            lines.append(f"quantization alone: fer-edge's int8 model gives the float model's label on "
+                         f"{ref['int8_agrees_on_reference_crops']:.1%} of the reference crops themselves")
     if "inference" in summary:
         inf = summary["inference"]
         lines += ["", f"per-face inference alone, ms per face, one face per call ({inf['faces']} faces of the video):",
@@ -219,14 +233,21 @@ def main(argv=None) -> int:
             summary.setdefault(key, {})
         if "quality" not in args.skip:
             say("quality reference: full-resolution Haar + Keras on every frame")
-            ref = run_child(contender_script("reference", "reference", video), Path(tmp)).data
-            summary["quality"] = {name: quality(rs[0].data["records"], ref) for name, rs in runs.items()
-                                  if "records" in rs[0].data}
+            recorded = {name: rs[0].data["records"] for name, rs in runs.items() if "records" in rs[0].data}
+            probe = Path(tmp) / "probe.json"  # fer-edge's boxes, for the float model to label too
+            probe.write_text(json.dumps({name: [[rec[0], [f[:4] for f in rec[1]]] for rec in records]
+                                         for name, records in recorded.items()}))
+            ref = run_child(contender_script("reference", "reference", video, ("--probe", str(probe))),
+                            Path(tmp)).data
+            summary["quality"] = {name: quality(records, ref, ref["float_on_probe"].get(name))
+                                  for name, records in recorded.items()}
             summary["quality"]["reference"] = {"detector": ref["settings"], "overlap_iou": OVERLAP_IOU,
                                                "frames": ref["frames"],
                                                "faces": sum(len(b) for b in ref["boxes"]),
                                                "keras_label_kept_under_1px_shift":
-                                                   ref["keras_label_kept_under_1px_shift"]}
+                                                   ref["keras_label_kept_under_1px_shift"],
+                                               "int8_agrees_on_reference_crops":
+                                                   ref["int8_agrees_on_reference_crops"]}
         if "inference" not in args.skip:
             say("per-face inference")
             summary["inference"] = run_child(contender_script("inference", "inference", video), Path(tmp)).data
