@@ -175,12 +175,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import cv2
 
+    from .annotate import Annotator
     from .detector import FaceDetector
     from .pipeline import crop_face
+    from .records import FaceResult
 
     cfg = config_from_args(args)
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
+    annotator = Annotator(classifier.labels) if args.annotate else None
+    if args.annotate:
+        try:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--annotate {args.annotate} cannot be created ({exc.strerror}); "
+                              "choose a writable folder") from None
     results = []
     for name in args.images:
         path = Path(name)
@@ -193,13 +202,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
         crops = [crop_face(image, box, cfg.analysis.face_margin, classifier.info.input_channels == 1)
                  for box in boxes]
         probs = classifier.predict(crops)
-        faces = []
-        for box, p in zip(boxes, probs):
+        faces, drawn = [], []
+        for i, (box, p) in enumerate(zip(boxes, probs)):
             best = int(p.argmax())
             faces.append({"box": [int(v) for v in box], "emotion": classifier.labels[best],
                           "confidence": round(float(p[best]), 4),
                           "probabilities": {k: round(float(v), 4) for k, v in zip(classifier.labels, p)}})
-        results.append({"image": str(path), "width": image.shape[1], "height": image.shape[0], "faces": faces})
+            drawn.append(FaceResult(i + 1, tuple(int(v) for v in box), p, classifier.labels[best], float(p[best])))
+        result = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "faces": faces}
+        if annotator is not None:
+            annotator.draw(image, drawn)
+            target = args.annotate / f"{path.stem}.annotated{path.suffix if path.suffix else '.png'}"
+            if not cv2.imwrite(str(target), image):
+                raise OutputError(f"could not write {target}; check free space and permissions of --annotate")
+            result["annotated"] = str(target)
+        results.append(result)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -282,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     det = sub.add_parser("detect", help="faces and emotions in images, as JSON")
     det.add_argument("images", nargs="+", metavar="IMAGE")
+    det.add_argument("--annotate", type=Path, metavar="DIR",
+                     help="also write each image with its faces drawn, as DIR/<name>.annotated.<ext>")
     add_model_options(det)
     add_config_options(det)
     det.set_defaults(func=cmd_detect)

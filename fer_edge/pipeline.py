@@ -99,7 +99,8 @@ class Pipeline:
 
     # --- signals -------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT end the loop cleanly (segment closed, CSV flushed); SIGHUP reopens logs."""
+        """SIGTERM/SIGINT end the loop cleanly (segment closed, CSV flushed); SIGHUP starts a new
+        CSV file and a new video segment (logrotate's convention)."""
         def stop(signum, _frame):
             self.stop_event.set()
 
@@ -157,9 +158,12 @@ class Pipeline:
                 fps_window.tick(now)
                 if self.csv is not None:
                     self.csv.tick()
-                    if self.reopen_event.is_set():
-                        self.reopen_event.clear()
+                if self.reopen_event.is_set():
+                    self.reopen_event.clear()
+                    if self.csv is not None:
                         self.csv.reopen()
+                    if self.video is not None:
+                        self.video.new_segment()
                 if self.notifier is not None:
                     self.notifier.maybe_watchdog(now)
                     if now - last_status >= 5.0:

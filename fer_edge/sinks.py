@@ -15,7 +15,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -111,6 +111,9 @@ def _open_writer(path: Path, codec: str, fps: float, frame_size: tuple[int, int]
     return writer
 
 
+_CUT = object()  # queued by new_segment(): the writer thread finishes the open segment there
+
+
 class SegmentedVideoWriter:
     """Writes frames into segments of `segment_seconds` of recorded (media) time.
 
@@ -148,7 +151,7 @@ class SegmentedVideoWriter:
         self._seq = 0
         self._error: BaseException | None = None
         self._closed = False
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(1, queue_size))
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
         self._thread = threading.Thread(target=self._run, name="fer-video-writer", daemon=True)
         self._thread.start()
 
@@ -178,6 +181,13 @@ class SegmentedVideoWriter:
                 self._raise_pending()
                 if not self._thread.is_alive():
                     raise OutputError(f"video writer for {self.directory} stopped after an error") from None
+
+    def new_segment(self) -> None:
+        """End the open segment after the frames already queued (SIGHUP); the next frame starts
+        a new file. Nothing happens when no segment is open."""
+        self._raise_pending()
+        if not self._closed and self._thread.is_alive():
+            self._queue.put(_CUT)
 
     def close(self) -> None:
         """Finish the open segment and stop the thread; raises a pending writer error."""
@@ -215,6 +225,11 @@ class SegmentedVideoWriter:
                 frame = self._queue.get()
                 if frame is None:
                     break
+                if frame is _CUT:
+                    if writer is not None:
+                        writer, done = None, writer
+                        self._finish(done, partial, final, count)
+                    continue
                 if writer is None:
                     final, self._seq = _free_name(self.directory, self.prefix, time.time(), self._seq,
                                                   self.extension)

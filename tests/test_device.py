@@ -153,8 +153,8 @@ def test_csv_rotates_by_size_with_a_header_in_every_file_and_no_row_lost(tmp_pat
 
 @requires_shared
 def test_daemon_lifecycle_notify_sighup_sigterm(tmp_path):
-    """As under systemd: READY/WATCHDOG over $NOTIFY_SOCKET, SIGHUP starts a new CSV file,
-    SIGTERM closes the open segment and flushes the CSV, exit 0."""
+    """As under systemd: READY/WATCHDOG over $NOTIFY_SOCKET, SIGHUP starts a new CSV file and a
+    new video segment, SIGTERM closes the open segment and flushes the CSV, exit 0."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(0.2)
@@ -198,9 +198,10 @@ def test_daemon_lifecycle_notify_sighup_sigterm(tmp_path):
     assert any("READY=1" in m for m in messages), messages
     assert any("WATCHDOG=1" in m for m in messages), messages
     assert any("STOPPING=1" in m for m in messages), messages
-    segments = list((out_dir / "video").glob("*.mp4"))
-    assert len(segments) == 1 and "partial" not in segments[0].name
-    assert 0 < frame_count(segments[0]) < 464  # cut short, yet a complete, decodable file
+    segments = sorted((out_dir / "video").glob("*.mp4"))
+    assert len(segments) == 2 and not any("partial" in s.name for s in segments)  # one before SIGHUP, one after
+    counts = [frame_count(s) for s in segments]
+    assert all(c > 0 for c in counts) and sum(counts) < 464  # cut short, yet complete, decodable files
     files, rows = read_csvs(csv_dir)
     assert len(files) == 2 and rows and all(r["p_happy"] for r in rows)
     assert all(f.read_text().startswith("timestamp,") and f.read_text().endswith("\n") for f in files)
@@ -309,15 +310,23 @@ def test_picamera2_frame_layout_in_process(monkeypatch):
 
 # --- detect, evaluate ---------------------------------------------------------------------------
 @requires_shared
-def test_detect_prints_faces_as_json():
+def test_detect_prints_faces_as_json_and_draws_them(tmp_path):
     photos = SHARED / "data" / "photos"
-    result = fer_edge("detect", str(photos / "justin.jpg"), str(photos / "no-faces.jpg"))
+    result = fer_edge("detect", str(photos / "justin.jpg"), str(photos / "no-faces.jpg"),
+                      "--annotate", str(tmp_path / "drawn"))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert len(out[0]["faces"]) == 1 and out[1]["faces"] == []
     face = out[0]["faces"][0]
     assert set(face["probabilities"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
     assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
+    original = cv2.imread(str(photos / "justin.jpg"))
+    drawn = cv2.imread(out[0]["annotated"])
+    assert out[0]["annotated"] == str(tmp_path / "drawn" / "justin.annotated.jpg") and drawn.shape == original.shape
+    x, y, w, h = face["box"]
+    changed = np.abs(drawn.astype(int) - original.astype(int)).max(axis=2) > 60
+    assert changed[y, x:x + w].mean() > 0.9  # the box's top edge is drawn (JPEG noise stays under 60)
+    assert changed[y + h // 4:y + 3 * h // 4, x + w // 4:x + 3 * w // 4].mean() < 0.01  # the face is not
 
 
 @requires_shared

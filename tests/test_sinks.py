@@ -107,6 +107,23 @@ def test_segments_by_media_time_are_complete_decodable_files(tmp_path: Path) -> 
     assert [decoded_frames(p) for p in writer.segments] == [20, 20, 15]
 
 
+def test_new_segment_cuts_after_the_queued_frames(tmp_path: Path) -> None:
+    """SIGHUP's video half: the open segment ends where it was asked to, the next frame opens a
+    new one, and asking again with no segment open makes no empty file."""
+    writer = SegmentedVideoWriter(tmp_path, (W, H), 10.0, segment_seconds=2.0, retention=Retention())
+    clip = frames(12)
+    for frame in clip[:7]:
+        writer.write(frame)
+    writer.new_segment()
+    writer.new_segment()
+    for frame in clip[7:]:
+        writer.write(frame)
+    writer.close()
+    writer.new_segment()  # after close: nothing to cut, no error
+    assert [decoded_frames(p) for p in writer.segments] == [7, 5]
+    assert sorted(tmp_path.iterdir()) == sorted(writer.segments)
+
+
 def test_mjpg_segments_use_avi(tmp_path: Path) -> None:
     writer = record(tmp_path, 25, codec="MJPG")
     assert [p.suffix for p in writer.segments] == [".avi", ".avi"]
