@@ -268,6 +268,30 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    import re
+
+    from .summary import csv_files, summarise
+
+    if args.since and not re.fullmatch(r"\d{4}-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2})?)?)?)?", args.since):
+        raise UsageError(f"--since {args.since!r} is not an ISO date or time; use e.g. 2026-11-01 or 2026-11-01T08:00")
+    paths = args.paths or [Path(config_from_args(args).output.directory) / "csv"]
+    files = csv_files(paths)
+    if not files:
+        raise InputMissing(f"no CSV files in {', '.join(map(str, paths))}; `fer-edge run` writes them to "
+                           "OUTPUT/csv (the service: /var/lib/fer-edge/csv)")
+    summary = summarise(files, by=args.by, since=args.since or "")
+    for name, count in summary.skipped.items():
+        log(f"warning: skipped {count} unreadable row(s) in {name}")
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    elif not summary.periods:
+        print(f"no rows{' since ' + args.since if args.since else ''} in {len(files)} file(s)")
+    else:
+        print(summary.table())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
     return run_bench(args)
@@ -333,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--executable", type=Path, help="fer-edge executable for ExecStart (default: this one)")
     svc.add_argument("--user", default="fer-edge", help="service user (default fer-edge)")
     svc.set_defaults(func=cmd_install_service)
+    summ = sub.add_parser("summary", help="emotions logged per hour or day, from the CSV files")
+    summ.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                      help="CSV files or folders (default: the csv/ folder of output.directory)")
+    summ.add_argument("--by", choices=("hour", "day", "all"), default="day", help="period to count by (default day)")
+    summ.add_argument("--since", metavar="ISO", help="leave out rows before this date or time, e.g. 2026-11-01")
+    summ.add_argument("--json", action="store_true", help="one JSON object")
+    add_config_options(summ)
+    summ.set_defaults(func=cmd_summary)
+
     bench = sub.add_parser("bench", help="measure the pipeline on this device (fps, per-stage ms, RSS)")
     bench.add_argument("video", nargs="?", metavar="VIDEO", help="video file (default: the bundled sample)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")

@@ -360,3 +360,47 @@ def test_sinks_import_does_not_need_a_display() -> None:
     done = subprocess.run([sys.executable, "-c", "import fer_edge.sinks"], env=env, capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
+
+
+# -- reading the logs back: fer-edge summary -----------------------------------------------------
+def local_hour(unix_time: float) -> str:
+    return datetime.fromtimestamp(unix_time).astimezone().isoformat()[:13]
+
+
+def test_summary_counts_per_hour_across_rotated_files_and_reports_a_cut_row(tmp_path: Path) -> None:
+    from fer_edge.summary import csv_files, summarise
+
+    start = 1_800_000_000.0 - 1_800_000_000.0 % 3600  # on the hour, so the hours are known
+    clock = Clock(start)
+    log = csv_log(tmp_path, clock, rotate_seconds=1500)
+    happy = np.array([0.01, 0.01, 0.01, 0.9, 0.03, 0.02, 0.02], np.float32)  # FER2013 order
+    writes = [(start + 10, "neutral", FER_PROBS), (start + 70, "happy", happy), (start + 130, "happy", happy),
+              (start + 2000, "happy", happy), (start + 3700, "neutral", FER_PROBS)]
+    for t, label, probs in writes:
+        clock.now = t
+        log.write(t, int(t), [face(1, probs, label), face(2, probs, label)])
+    log.close()
+    assert len(log.files) == 3  # rotated twice
+    with open(log.files[-1], "a") as fh:  # the newest file, cut mid-row (power lost while writing)
+        fh.write("2027-01-15T08:00:0")
+
+    summary = summarise(csv_files([tmp_path]), by="hour")
+    first, second = summary.periods
+    assert [p.name for p in summary.periods] == [local_hour(start), local_hour(start + 3700)]
+    assert (first.analyses, first.emotions["happy"], first.emotions["neutral"]) == (8, 6, 2)
+    assert (second.analyses, second.emotions["neutral"]) == (2, 2)
+    assert len(first.minutes) == 4 and first.share("happy") == 0.75
+    assert summary.skipped == {str(log.files[-1]): 1}  # counted, not silently dropped
+    assert summarise(csv_files([tmp_path]), by="all").periods[0].analyses == 10
+    later = datetime.fromtimestamp(start + 3000).astimezone().isoformat()[:16]
+    assert [p.analyses for p in summarise(csv_files([tmp_path]), by="day", since=later).periods] == [2]
+
+
+def test_summary_refuses_a_csv_that_is_not_an_emotion_log(tmp_path: Path) -> None:
+    from fer_edge.errors import DataError
+    from fer_edge.summary import summarise
+
+    other = tmp_path / "prices.csv"
+    other.write_text("date,price\n2026-01-01,3\n")
+    with pytest.raises(DataError, match="not a fer-edge emotions CSV"):
+        summarise([other])

@@ -1,0 +1,124 @@
+"""What months of emotion logs say, in one table: `fer-edge summary`.
+
+Reads the rolling CSV files `fer-edge run` writes (any number, in name order, which is time
+order), streams them row by row (memory grows with the number of periods, not rows) and counts,
+per hour, day or the whole span, how many analyses logged each emotion. Rows that cannot be read
+are counted and reported, never silently dropped.
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import DataError, InputMissing
+from .labels import EMOTIONS
+
+PERIODS = {"hour": 13, "day": 10, "all": 0}  # characters of the ISO timestamp that name the period
+REQUIRED = ("timestamp", "emotion")
+
+
+@dataclass
+class Period:
+    name: str
+    analyses: int = 0
+    emotions: Counter = field(default_factory=Counter)
+    minutes: set = field(default_factory=set)  # minutes with a face logged: how long faces were there
+    first: str = ""
+    last: str = ""
+
+    def share(self, emotion: str) -> float:
+        return self.emotions[emotion] / self.analyses if self.analyses else 0.0
+
+    def to_json(self, emotions: Sequence[str]) -> dict:
+        return {"period": self.name, "first": self.first, "last": self.last, "analyses": self.analyses,
+                "minutes_with_faces": len(self.minutes), "counts": {e: self.emotions[e] for e in emotions},
+                "share": {e: round(self.share(e), 4) for e in emotions},
+                "dominant": self.emotions.most_common(1)[0][0] if self.analyses else None}
+
+
+@dataclass
+class Summary:
+    by: str
+    periods: list[Period]
+    files: list[Path]
+    emotions: list[str]
+    skipped: dict[str, int]  # file -> rows that could not be read
+
+    def to_json(self) -> dict:
+        return {"by": self.by, "files": [str(f) for f in self.files], "emotions": self.emotions,
+                "skipped_rows": self.skipped, "periods": [p.to_json(self.emotions) for p in self.periods]}
+
+    def table(self) -> str:
+        short = [e[:4] for e in self.emotions]
+        head = f"{'period':<16} {'analyses':>9} {'minutes':>7} " + " ".join(f"{s:>6}" for s in short) + "  dominant"
+        lines = [head]
+        for p in self.periods:
+            shares = " ".join(f"{p.share(e) * 100:5.1f}%" for e in self.emotions)
+            dominant = p.emotions.most_common(1)[0][0] if p.analyses else "-"
+            lines.append(f"{p.name:<16} {p.analyses:>9} {len(p.minutes):>7} {shares}  {dominant}")
+        return "\n".join(lines)
+
+
+def csv_files(paths: Sequence[Path]) -> list[Path]:
+    """The CSV files named or inside the folders named, each folder's in name (= time) order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(path.glob("*.csv"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputMissing(f"{path} not found; give the csv/ folder of a fer-edge output directory "
+                               "or CSV files it wrote")
+    return found
+
+
+def summarise(files: Iterable[Path], by: str = "day", since: str = "") -> Summary:
+    """Counts per period of the emotion each logged analysis gave. `since`: an ISO date or time
+    prefix; earlier rows are left out (ISO timestamps compare as strings)."""
+    if by not in PERIODS:
+        raise ValueError(f"by must be one of {', '.join(PERIODS)}")
+    cut = PERIODS[by]
+    files = list(files)
+    periods: dict[str, Period] = {}
+    extra: list[str] = []  # emotions beyond the seven (a custom model's labels), in order of appearance
+    skipped: dict[str, int] = {}
+    for path in files:
+        try:
+            handle = path.open(newline="", encoding="utf-8")
+        except OSError as exc:
+            raise InputMissing(f"cannot read {path} ({exc.strerror})") from None
+        with handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path} is not a fer-edge emotions CSV (no {', '.join(missing)} column); "
+                                "give the csv/ folder `fer-edge run` writes")
+            bad = 0
+            for row in reader:
+                stamp, emotion = row.get("timestamp") or "", row.get("emotion") or ""
+                # a row cut short (the newest file while fer-edge writes it) has empty trailing fields
+                if len(stamp) < 19 or stamp[4] != "-" or not emotion or None in row:
+                    bad += 1
+                    continue
+                if since and stamp < since:
+                    continue
+                key = stamp[:cut] if cut else "all"
+                period = periods.get(key)
+                if period is None:
+                    period = periods[key] = Period(key, first=stamp, last=stamp)
+                period.analyses += 1
+                period.emotions[emotion] += 1
+                period.minutes.add(stamp[:16])
+                if stamp < period.first:  # files of two runs can overlap in time
+                    period.first = stamp
+                if stamp > period.last:
+                    period.last = stamp
+                if emotion not in EMOTIONS and emotion not in extra:
+                    extra.append(emotion)
+            if bad:
+                skipped[str(path)] = bad
+    return Summary(by, [periods[k] for k in sorted(periods)], files, list(EMOTIONS) + extra, skipped)
