@@ -100,11 +100,11 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 
     path = model_path(cfg)
     classifier = EmotionClassifier(path, num_threads=cfg.model.num_threads, runtime=cfg.model.runtime or None,
-                                   **model_overrides(args))
+                                   mirror_average=cfg.model.mirror_average, **model_overrides(args))
     info = classifier.info
     log(f"model {path.name}: {info.extra.get('quantization', 'tflite')}, labels {', '.join(info.labels)}; "
         f"input {info.describe_preprocessing()}; runtime {classifier.runtime_name}, "
-        f"{cfg.model.num_threads} thread(s)")
+        f"{cfg.model.num_threads} thread(s)" + ("; mirror-averaged" if cfg.model.mirror_average else ""))
     return classifier
 
 
@@ -230,7 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path = Path(args.model)
     classifier = EmotionClassifier(path, num_threads=args.threads, runtime=args.runtime,
-                                   **model_overrides(args))
+                                   mirror_average=args.mirror_average, **model_overrides(args))
     faces = load_faces(args.dataset, usage=args.usage, limit=args.limit, strict=args.strict,
                        warn=lambda m: log(f"warning: {m}"))
     labels = classifier.labels
@@ -242,7 +242,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predicted = np.concatenate([classifier.predict(fitted[i:i + 256]).argmax(1)
                                 for i in range(0, len(fitted), 256)])
     report = classification_report(truth, predicted, labels)
-    report.update({"model": str(path), "dataset": str(args.dataset), "runtime": classifier.runtime_name})
+    report.update({"model": str(path), "dataset": str(args.dataset), "runtime": classifier.runtime_name,
+                   "mirror_average": classifier.mirror_average})
     if args.json:
         print(json.dumps(report))
     else:
@@ -338,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true", help="refuse a CSV with bad rows instead of skipping them")
     ev.add_argument("--threads", type=int, default=None, metavar="N")
     ev.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"))
+    ev.add_argument("--mirror-average", action="store_true",
+                    help="average each face with its mirror image, as model.mirror_average = true does in run")
     ev.add_argument("--labels", help="for a .tflite without fer-edge metadata: kaggle, fer2013 or a list")
     ev.add_argument("--input-range", metavar="LO,HI", help="for a .tflite without metadata: 0,1 or -1,1")
     ev.set_defaults(func=cmd_evaluate)

@@ -72,9 +72,12 @@ class EmotionClassifier:
 
     def __init__(self, model_path: str | Path, *, num_threads: int | None = None,
                  runtime: str | None = None, info: ModelInfo | None = None,
-                 labels: tuple[str, ...] | None = None, input_range: tuple[float, float] | None = None):
+                 labels: tuple[str, ...] | None = None, input_range: tuple[float, float] | None = None,
+                 mirror_average: bool = False):
         """`info` replaces the stored metadata; `labels`/`input_range` override parts of it, which is
-        how a plain TFLite model without fer-edge metadata is used (--labels, --input-range)."""
+        how a plain TFLite model without fer-edge metadata is used (--labels, --input-range).
+        `mirror_average`: each face's probabilities are the mean over the face and its mirror
+        image, in the same invoke (twice the inference for about a point more accuracy)."""
         model_path = Path(model_path)
         if not model_path.is_file():
             raise InputMissing(f"model {model_path} not found; pass --model PATH.tflite "
@@ -88,6 +91,7 @@ class EmotionClassifier:
             raise DataError(f"model {model_path} could not be loaded by {self.runtime_name} "
                             f"({str(exc).splitlines()[0]}); re-convert it with fer-convert") from None
         self.model_path = model_path
+        self.mirror_average = mirror_average
         inp = self._interp.get_input_details()[0]
         out = self._interp.get_output_details()[0]
         self._in_index, self._out_index = inp["index"], out["index"]
@@ -154,7 +158,8 @@ class EmotionClassifier:
         n = len(faces)
         if n == 0:
             return np.empty((0, len(self.labels)), np.float32)
-        self._ensure_capacity(n)
+        total = 2 * n if self.mirror_average else n
+        self._ensure_capacity(total)
         size = self.info.input_size
         for i, face in enumerate(faces):
             if face.shape[:2] == self._resized.shape[:2]:
@@ -165,7 +170,13 @@ class EmotionClassifier:
                 interp = cv2.INTER_AREA if face.shape[0] > size[1] else cv2.INTER_LINEAR
                 resized = cv2.resize(face, size, dst=self._resized, interpolation=interp)
             np.take(self._lut, resized, out=self._batch[i].reshape(resized.shape))
-        return self._invoke(n)
+        if not self.mirror_average:
+            return self._invoke(n)
+        np.copyto(self._batch[n:total], self._batch[:n, :, ::-1])  # axis 2 is width, with or without channels
+        probs = self._invoke(total)
+        probs[:n] += probs[n:]  # rows already sum to 1: their mean does too
+        probs[:n] *= 0.5
+        return probs[:n]
 
     def _invoke(self, n: int) -> np.ndarray:
         if self._batchable:

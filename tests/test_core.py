@@ -68,6 +68,40 @@ def test_classifier_batches_any_number_of_faces_and_matches_one_by_one():
     assert clf.predict(faces[:2]).shape == (2, 7)  # shrinking the batch again works
 
 
+def sample_face_crops() -> list[np.ndarray]:
+    """Grey face crops of real frames of the bundled sample video, where Haar puts them."""
+    import cv2
+
+    from fer_edge.config import Config
+    from fer_edge.detector import FaceDetector
+
+    detector = FaceDetector(Config().detection)
+    cap = cv2.VideoCapture(str(ROOT / "samples" / "sample_faces.mp4"))
+    crops, index = [], 0
+    while len(crops) < 4:
+        ok, frame = cap.read()
+        assert ok, "the sample video ended before 4 faces were found"
+        if index % 10 == 0:
+            grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+            crops += [grey[y:y + h, x:x + w].copy() for x, y, w, h in detector.detect(frame)]
+        index += 1
+    cap.release()
+    return crops
+
+
+def test_mirror_average_is_the_mean_of_a_face_and_its_mirror_image():
+    plain = EmotionClassifier(MODEL, num_threads=1)
+    mirrored = EmotionClassifier(MODEL, num_threads=1, mirror_average=True)
+    faces = sample_face_crops()
+    alone = plain.predict(faces)
+    expected = (alone + plain.predict([np.ascontiguousarray(f[:, ::-1]) for f in faces])) / 2
+    got = mirrored.predict(faces)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.abs(got - alone).max() > 1e-3  # the mirror image did change the answer somewhere
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    assert mirrored.predict([]).shape == (0, 7) and mirrored.predict(faces[:1]).shape == (1, 7)
+
+
 def test_tracker_keeps_ids_and_smooths():
     tracker = FaceTracker(FER2013_ORDER, smoothing=0.5)
     happy, sad = np.eye(7, dtype=np.float32)[3], np.eye(7, dtype=np.float32)[4]

@@ -80,6 +80,15 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--since", "yesterday"), 64, "--since")
 
 
+def test_mirror_average_is_a_config_switch(tmp_path):
+    result = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path), "--no-video", "--json",
+                      "--set", "model.mirror_average=true")
+    assert result.returncode == 0, result.stderr
+    assert "mirror-averaged" in result.stderr and json.loads(result.stdout)["csv_rows"] > 10
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--set", "model.mirror_average=maybe"), 78,
+                   "model.mirror_average")
+
+
 @requires_shared
 def test_every_frame_on_real_video_logs_a_face_per_frame(tmp_path):
     video = VIDEOS / "all_emo.mp4"  # one face in every one of its 234 frames
