@@ -172,22 +172,25 @@ class SegmentedVideoWriter:
         if frame.shape != self._shape or frame.dtype != np.uint8:
             raise OutputError(f"video frame is {frame.shape} {frame.dtype}, but the writer was opened for "
                               f"{self._shape} uint8; keep the source resolution fixed")
-        while True:
-            try:
-                self._queue.put(frame, timeout=0.5)
-                return
-            except queue.Full:
-                # the writer thread may have died with the queue full: never block forever
-                self._raise_pending()
-                if not self._thread.is_alive():
-                    raise OutputError(f"video writer for {self.directory} stopped after an error") from None
+        self._put(frame)
 
     def new_segment(self) -> None:
         """End the open segment after the frames already queued (SIGHUP); the next frame starts
         a new file. Nothing happens when no segment is open."""
         self._raise_pending()
         if not self._closed and self._thread.is_alive():
-            self._queue.put(_CUT)
+            self._put(_CUT)
+
+    def _put(self, item: Any) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                # the writer thread may have died with the queue full: never block forever
+                self._raise_pending()
+                if not self._thread.is_alive():
+                    raise OutputError(f"video writer for {self.directory} stopped after an error") from None
 
     def close(self) -> None:
         """Finish the open segment and stop the thread; raises a pending writer error."""
