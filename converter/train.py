@@ -75,6 +75,10 @@ class TrainConfig:
     bn_recalibration: int = 4096  # clean training faces to re-estimate BatchNorm statistics on; 0: off
     from_checkpoint: Path | None = None  # skip fitting: finish (recalibrate, evaluate, report) this model
     init_from: Path | None = None  # start fitting from this fer-train model's weights (another LR cycle)
+    teacher: Path | None = None  # fer-train model whose mirror-averaged outputs are blended into the targets
+    distill_weight: float = 0.5  # soft target = (1-w) * label + w * teacher probabilities
+    swa_epochs: int = 0  # average the weights at the end of the last K epochs, run at a constant LR
+    swa_lr: float | None = None  # that constant LR (default: learning_rate / 5)
     precision: str = "auto"  # bfloat16 mixed precision where the CPU has native bf16 (about 2x faster)
     progress: bool = False
     stages: tuple[int, ...] = STAGES
@@ -106,6 +110,12 @@ class TrainConfig:
             raise UsageError("--bn-recalibration must be 0 (off) or a number of faces")
         if self.init_from is not None and self.from_checkpoint is not None:
             raise UsageError("--init-from trains and --from-checkpoint does not; give one of them")
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise UsageError("--distill-weight must be in (0, 1]")
+        if not 0 <= self.swa_epochs < self.epochs:
+            raise UsageError("--swa-epochs must be at least 0 and less than --epochs (the LR must first decay)")
+        if self.swa_lr is not None and not 0.0 < self.swa_lr <= self.learning_rate:
+            raise UsageError("--swa-lr must be positive and at most --learning-rate")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
 
@@ -267,21 +277,26 @@ def augmenter(seed: int):
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then cosine decay to zero at `total` steps."""
+    """Linear warm-up to `peak`, then cosine decay to `floor` at `total` steps, constant after.
 
-    def __init__(self, peak: float, warmup: int, total: int):
+    A floor above zero is the weight-averaging phase (--swa-epochs): its snapshots must still
+    move, or averaging them would give back the last one.
+    """
+
+    def __init__(self, peak: float, warmup: int, total: int, floor: float = 0.0):
         self.peak, self.warmup, self.total = float(peak), int(warmup), int(max(total, 1))
+        self.floor = float(floor)
 
     def __call__(self, step):
         ops = keras.ops
         step = ops.cast(step, "float32")
         warm = self.peak * (step + 1.0) / float(max(self.warmup, 1))
         progress = ops.clip((step - self.warmup) / float(max(self.total - self.warmup, 1)), 0.0, 1.0)
-        cosine = 0.5 * self.peak * (1.0 + ops.cos(math.pi * progress))
+        cosine = self.floor + 0.5 * (self.peak - self.floor) * (1.0 + ops.cos(math.pi * progress))
         return ops.where(step < self.warmup, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "warmup": self.warmup, "total": self.total}
+        return {"peak": self.peak, "warmup": self.warmup, "total": self.total, "floor": self.floor}
 
 
 def make_dataset(images: np.ndarray, targets: np.ndarray, weights: np.ndarray | None, batch_size: int,
@@ -372,6 +387,26 @@ def predict_probs(model, images: np.ndarray, batch_size: int = 512) -> np.ndarra
     return np.concatenate(outs) if outs else np.empty((0, len(KAGGLE_ORDER)), np.float32)
 
 
+def teacher_probs(teacher_path: Path, images: np.ndarray, log: Log) -> np.ndarray:
+    """The teacher's class probabilities, each face averaged with its mirror image.
+
+    Mirror averaging is worth 1-2 points for these models but doubles inference on the device;
+    distilling it into the targets lets a single pass learn part of it.
+    """
+    try:
+        teacher = keras.models.load_model(str(teacher_path), compile=False)
+    except Exception as exc:
+        raise DataError(f"--teacher {teacher_path} could not be loaded as a Keras model "
+                        f"({str(exc).strip().splitlines()[0][:200]})") from None
+    shape = tuple(teacher.input_shape[1:])
+    if shape != (INPUT_SIDE, INPUT_SIDE, 1) or teacher.output_shape[-1] != len(KAGGLE_ORDER):
+        raise DataError(f"--teacher {teacher_path} takes {shape} and gives {teacher.output_shape[-1]} classes; "
+                        f"it must be a fer-train model (48x48x1 in, 7 classes out)")
+    probs = (predict_probs(teacher, images) + predict_probs(teacher, images[:, :, ::-1])) / 2
+    log(f"teacher {teacher_path}: mirror-averaged probabilities for {len(images)} training faces")
+    return probs.astype(np.float32)
+
+
 def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> TrainResult:
     cfg.check()
     out = Path(cfg.out)
@@ -381,7 +416,9 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     if test_path is not None and not test_path.exists():
         raise InputMissing(f"--test {test_path} not found; give a FER2013 test folder or CSV")
     if cfg.init_from is not None:
-        check_same_split(Path(cfg.init_from), cfg)
+        check_same_split(Path(cfg.init_from), cfg, "--init-from")
+    if cfg.teacher is not None:  # a teacher that saw the validation faces would leak their labels
+        check_same_split(Path(cfg.teacher), cfg, "--teacher")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -405,6 +442,17 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     except Exception:  # older TF: best effort
         pass
 
+    teacher_info: dict[str, Any] | None = None
+    if cfg.teacher is not None and cfg.from_checkpoint is None:
+        taught = teacher_probs(Path(cfg.teacher), faces.images[train_idx], log)
+        agree = float((taught.argmax(1) == faces.labels[train_idx]).mean())
+        targets = targets.copy()
+        targets[train_idx] = (1 - cfg.distill_weight) * targets[train_idx] + cfg.distill_weight * taught
+        teacher_info = {"model": str(cfg.teacher), "weight": cfg.distill_weight, "mirror_averaged": True,
+                        "train_agreement_with_labels": round(agree, 4)}
+        log(f"distilling: targets = {1 - cfg.distill_weight:g} x label + {cfg.distill_weight:g} x teacher "
+            f"(the teacher agrees with {agree:.1%} of the training labels)")
+
     weights = class_weights(faces.labels[train_idx], n_classes, cfg.class_weighting)
     log("class weights (" + cfg.class_weighting + "): "
         + ", ".join(f"{name} {w:.2f}" for name, w in zip(KAGGLE_ORDER, weights)))
@@ -417,17 +465,22 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     if steps < full_steps:
         train_ds = train_ds.repeat()
     total_steps = steps * cfg.epochs
-    warmup = int(round(min(cfg.warmup_epochs * steps, 0.3 * total_steps)))
+    decay_steps = steps * (cfg.epochs - cfg.swa_epochs)  # the SWA epochs run at a constant LR after these
+    warmup = int(round(min(cfg.warmup_epochs * steps, 0.3 * decay_steps)))
+    swa_lr = (cfg.swa_lr if cfg.swa_lr is not None else cfg.learning_rate / 5) if cfg.swa_epochs else 0.0
 
     precision = resolve_precision(cfg.precision)
     model_path = out / f"{MODEL_NAME}.keras"
     log_path = out / "training_log.csv"
     batch_losses: list[float] = []
+    swa_path = out / f"{MODEL_NAME}_swa.keras"
     schedule_info: dict[str, Any] = {"steps_per_epoch": steps, "warmup_steps": warmup, "total_steps": total_steps,
-                                     "peak_lr": cfg.learning_rate, "optimizer": "AdamW",
+                                     "decay_steps": decay_steps, "peak_lr": cfg.learning_rate, "swa_lr": swa_lr,
+                                     "swa_epochs": cfg.swa_epochs, "optimizer": "AdamW",
                                      "weight_decay": cfg.weight_decay}
     if cfg.from_checkpoint is None:
-        history, fit_seconds = fit(cfg, precision, train_ds, val_ds, steps, warmup, total_steps, model_path,
+        schedule = WarmupCosine(cfg.learning_rate, warmup, decay_steps, floor=swa_lr)
+        history, fit_seconds = fit(cfg, precision, train_ds, val_ds, steps, schedule, model_path, swa_path,
                                    log_path, batch_losses, started, log)
         trained = keras.models.load_model(str(model_path), compile=False)
     else:
@@ -447,22 +500,40 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     best = export_float32(trained, cfg)
     params = int(best.count_params())
     val_images, val_labels = faces.images[val_idx], faces.labels[val_idx]
-    val_before = float((predict_probs(best, val_images).argmax(1) == val_labels).mean())
+
+    def val_accuracy(model) -> float:
+        return float((predict_probs(model, val_images).argmax(1) == val_labels).mean())
+
+    rng = np.random.default_rng(cfg.seed + 2)
+    bn_faces = faces.images[np.sort(rng.choice(train_idx, size=min(cfg.bn_recalibration or 4096, len(train_idx)),
+                                               replace=False))]
+    val_before = val_accuracy(best)
     bn_info: dict[str, Any] = {"faces": 0, "val_accuracy_before": round(val_before, 4), "applied": False}
     if cfg.bn_recalibration:
-        rng = np.random.default_rng(cfg.seed + 2)
-        pick = np.sort(rng.choice(train_idx, size=min(cfg.bn_recalibration, len(train_idx)), replace=False))
         recalibrated = export_float32(best, cfg)
-        bn_info["faces"] = recalibrate_batchnorm(recalibrated, faces.images[pick])
-        val_after = float((predict_probs(recalibrated, val_images).argmax(1) == val_labels).mean())
+        bn_info["faces"] = recalibrate_batchnorm(recalibrated, bn_faces)
+        val_after = val_accuracy(recalibrated)
         bn_info["val_accuracy_after"] = round(val_after, 4)
         if val_after >= val_before:  # chosen on the validation split, never on test
             best, bn_info["applied"] = recalibrated, True
         log(f"BatchNorm statistics re-estimated on {bn_info['faces']} clean training faces: validation "
             f"{val_before * 100:.2f}% -> {val_after * 100:.2f}% ({'kept' if bn_info['applied'] else 'discarded'})")
+    what = f"best checkpoint, epoch {best_epoch}" if best_epoch else "checkpoint"
+    swa_info: dict[str, Any] | None = None
+    if cfg.swa_epochs and cfg.from_checkpoint is None and swa_path.is_file():
+        # Averaged weights come with averaged BatchNorm statistics that belong to no model: always re-estimate.
+        averaged = export_float32(keras.models.load_model(str(swa_path), compile=False), cfg)
+        recalibrate_batchnorm(averaged, bn_faces)
+        swa_val, best_val = val_accuracy(averaged), max(val_before, bn_info.get("val_accuracy_after", 0.0))
+        swa_info = {"epochs_averaged": cfg.swa_epochs, "val_accuracy": round(swa_val, 4),
+                    "best_checkpoint_val_accuracy": round(best_val, 4), "chosen": swa_val > best_val}
+        log(f"weight average of the last {cfg.swa_epochs} epochs: validation {swa_val * 100:.2f}% against the "
+            f"best checkpoint's {best_val * 100:.2f}% ({'chosen' if swa_info['chosen'] else 'not chosen'})")
+        if swa_info["chosen"]:  # on validation, like every other choice here
+            best, what = averaged, f"weight average of epochs {cfg.epochs - cfg.swa_epochs + 1}-{cfg.epochs}"
+        swa_path.unlink()
     best.save(str(model_path))  # float32, without the optimizer state: what fer-convert takes
     val_report = classification_report(val_labels, predict_probs(best, val_images).argmax(1), KAGGLE_ORDER)
-    what = f"best checkpoint, epoch {best_epoch}" if best_epoch else "checkpoint"
     log(format_report(val_report, f"validation ({what})"))
 
     summary: dict[str, Any] = {
@@ -489,6 +560,9 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         "fit_seconds": round(fit_seconds, 1) if fit_seconds is not None else None,
         "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 1) if fit_seconds is not None else None,
         "bn_recalibration": bn_info,
+        "weight_average": swa_info,
+        "teacher": teacher_info,
+        "chosen": what,
         # per-step running loss of short runs (smoke tests); the epoch means are in "history"
         "batch_losses": [round(v, 5) for v in batch_losses] if len(batch_losses) <= 1000 else None,
         "history": {k: [float(v) for v in vals] for k, vals in history.items()},
@@ -529,15 +603,15 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     return TrainResult(out, model_path, summary)
 
 
-def check_same_split(init_from: Path, cfg: TrainConfig) -> None:
-    """A warm start must keep the validation faces unseen: same data, seed and split as the run that made it."""
+def check_same_split(init_from: Path, cfg: TrainConfig, flag: str) -> None:
+    """A warm start or teacher must not have seen the validation faces: same data, seed and split."""
     if not init_from.is_file():
-        raise InputMissing(f"--init-from {init_from} not found; give a .keras file fer-train wrote")
+        raise InputMissing(f"{flag} {init_from} not found; give a .keras file fer-train wrote")
     summary_path = init_from.parent / "training_summary.json"
     try:
         made_by = json.loads(summary_path.read_text())["config"]
     except (OSError, ValueError, KeyError):
-        raise DataError(f"--init-from {init_from}: no training_summary.json beside it to check its validation "
+        raise DataError(f"{flag} {init_from}: no training_summary.json beside it to check its validation "
                         "split against; keep the model in the folder fer-train wrote it to") from None
     ours = {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "limit": cfg.limit,
             "data": str(Path(cfg.data).resolve())}
@@ -545,7 +619,7 @@ def check_same_split(init_from: Path, cfg: TrainConfig) -> None:
     theirs["data"] = str(Path(str(theirs["data"])).resolve())
     if ours != theirs:
         diff = ", ".join(f"{k} {theirs[k]} (now {ours[k]})" for k in ours if ours[k] != theirs[k])
-        raise UsageError(f"--init-from {init_from} was trained with {diff}; use the same data, --seed, "
+        raise UsageError(f"{flag} {init_from} was trained with {diff}; use the same data, --seed, "
                          "--val-fraction and --limit so its training faces stay out of validation")
 
 
@@ -559,10 +633,38 @@ def load_initial_weights(model, init_from: Path, log: Log) -> None:
     log(f"starting from the weights of {init_from}")
 
 
-def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, warmup: int, total_steps: int,
-        model_path: Path, log_path: Path, batch_losses: list[float], started: float,
+class WeightAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging: the running mean of the end-of-epoch weights from `first_epoch`
+    (0-based) on, saved to `path` after each of those epochs so a stopped run keeps its average."""
+
+    def __init__(self, first_epoch: int, path: Path):
+        super().__init__()
+        self.first_epoch, self.path = first_epoch, Path(path)
+        self.mean: list[np.ndarray] | None = None
+        self.count = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.first_epoch:
+            return
+        current = self.model.get_weights()
+        self.count += 1
+        if self.mean is None:
+            self.mean = [np.asarray(w, np.float64) for w in current]
+        else:
+            for mean, w in zip(self.mean, current):
+                mean += (np.asarray(w, np.float64) - mean) / self.count
+        self.model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, current)])
+        try:
+            self.model.save(str(self.path))
+        finally:
+            self.model.set_weights(current)  # training goes on from its own weights, not the average
+
+
+def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, schedule: WarmupCosine,
+        model_path: Path, swa_path: Path, log_path: Path, batch_losses: list[float], started: float,
         log: Log) -> tuple[dict[str, list[float]], float]:
-    """Build, compile and fit; the best epoch (validation accuracy) is checkpointed to `model_path`."""
+    """Build, compile and fit; the best epoch (validation accuracy) is checkpointed to `model_path`, and
+    with --swa-epochs the running average of the last epochs' weights to `swa_path`."""
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
@@ -573,7 +675,6 @@ def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, warmup: 
         load_initial_weights(model, Path(cfg.init_from), log)
     log(f"model {MODEL_NAME}: {model.count_params():,} parameters; {cfg.epochs} epoch(s) x {steps} steps of "
         f"{cfg.batch_size}; {precision} training")
-    schedule = WarmupCosine(cfg.learning_rate, warmup, total_steps)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(
@@ -596,13 +697,15 @@ def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, warmup: 
                     f"val_loss {logs.get('val_loss', 0):.4f} val_acc {logs.get('val_accuracy', 0):.4f} "
                     f"lr {logs['lr']:.2e} ({logs['elapsed_s']:.0f} s)")
 
-    callbacks = [
-        Recorder(),
-        keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_accuracy", mode="max", save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience,
-                                      restore_best_weights=False),
-        keras.callbacks.CSVLogger(str(log_path)),
-    ]
+    callbacks = [Recorder(),
+                 keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_accuracy", mode="max",
+                                                 save_best_only=True)]
+    if cfg.swa_epochs:  # early stopping would cut the averaging phase short
+        callbacks.append(WeightAverage(first_epoch=cfg.epochs - cfg.swa_epochs, path=swa_path))
+    else:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience,
+                                                       restore_best_weights=False))
+    callbacks.append(keras.callbacks.CSVLogger(str(log_path)))
     fit_start = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps,
                         callbacks=callbacks, shuffle=False,  # shuffled in tf.data

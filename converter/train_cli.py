@@ -60,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this fer-train model's weights instead of random ones, e.g. to give a "
                         "finished run another learning-rate cycle; needs the same data, --seed, --val-fraction "
                         "and --width, so its validation faces stay unseen")
+    p.add_argument("--teacher", type=Path, metavar="MODEL.keras",
+                   help="distil from this fer-train model: its mirror-averaged probabilities are blended into "
+                        "the training targets; needs the same data, --seed and --val-fraction as this run")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="target = (1-w) * label + w * teacher probabilities (default 0.5)")
+    p.add_argument("--swa-epochs", type=int, default=0, metavar="K",
+                   help="stochastic weight averaging: run the last K epochs at a constant --swa-lr and average "
+                        "their weights; the average is kept if it beats the best checkpoint on validation "
+                        "(turns early stopping off; default 0: off)")
+    p.add_argument("--swa-lr", type=float, metavar="LR", help="learning rate of the averaging epochs "
+                   "(default: --learning-rate / 5)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="training arithmetic: auto = bfloat16 mixed precision where the CPU has native bf16 "
                         "(AVX512_BF16/AMX, about 2x faster), else float32; the saved model is float32 either way")
@@ -85,14 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ferplus_weight=args.ferplus_weight, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, patience=args.patience, class_weighting=args.class_weighting,
         width=args.width, precision=args.precision, bn_recalibration=args.bn_recalibration,
-        from_checkpoint=args.from_checkpoint, init_from=args.init_from, steps_per_epoch=args.steps_per_epoch,
+        from_checkpoint=args.from_checkpoint, init_from=args.init_from, teacher=args.teacher,
+        distill_weight=args.distill_weight, swa_epochs=args.swa_epochs, swa_lr=args.swa_lr,
+        steps_per_epoch=args.steps_per_epoch,
         progress=sys.stderr.isatty() and not args.quiet)
     result = train(cfg, log)
     s = result.summary
     val = s["validation"]
     took = f" in {s['fit_seconds']:.0f} s" if s.get("fit_seconds") is not None else ""
     print(f"model: {result.model_path} ({s['architecture']['parameters']:,} parameters); "
-          f"{s['epochs_run']} epoch(s){took}, best epoch {s['best_epoch']}")
+          f"{s['epochs_run']} epoch(s){took}; kept: {s['chosen']}")
     print(f"validation accuracy {val['accuracy'] * 100:.2f}% (macro F1 {val['macro_f1']:.3f}) "
           f"on {val['samples']} faces held out of the training data")
     if "test" in s:

@@ -12,7 +12,8 @@ pytest.importorskip("tensorflow", reason="fer-train needs TensorFlow (pip instal
 
 from converter import train_cli  # noqa: E402
 from converter.train import (  # noqa: E402
-    TrainConfig, class_weights, load_training_faces, split_train_val, train,
+    TrainConfig, WarmupCosine, WeightAverage, build_model, class_weights, load_training_faces, predict_probs,
+    split_train_val, teacher_probs, train,
 )
 from fer_edge.cli_support import run_main  # noqa: E402
 from fer_edge.errors import DataError, UsageError  # noqa: E402
@@ -45,6 +46,47 @@ def test_class_weights_lift_the_rare_class_with_mean_one():
         assert w.argmax() == KAGGLE_ORDER.index("disgust") and w.argmin() == KAGGLE_ORDER.index("happy")
     assert class_weights(labels, 7, "sqrt")[1] < class_weights(labels, 7, "balanced")[1]
     assert np.all(class_weights(labels, 7, "none") == 1)
+
+
+def test_lr_schedule_warms_up_decays_to_its_floor_then_holds():
+    schedule = WarmupCosine(peak=1e-3, warmup=10, total=100, floor=2e-4)
+    lr = [float(schedule(step)) for step in range(0, 160)]
+    assert lr[0] < lr[5] < lr[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lr[10:100], lr[11:101]))  # monotone decay
+    assert lr[100] == pytest.approx(2e-4) and lr[159] == pytest.approx(2e-4)  # the averaging phase
+    assert float(WarmupCosine(1e-3, 10, 100)(100)) == pytest.approx(0.0)  # no floor: to zero, as before
+
+
+def test_weight_average_is_the_mean_of_the_epochs_it_covers(tmp_path):
+    import keras
+
+    model = build_model(width=0.25)
+    path = tmp_path / "swa.keras"
+    callback = WeightAverage(first_epoch=1, path=path)
+    callback.set_model(model)
+    snapshots = []
+    for epoch, scale in enumerate((5.0, 1.0, 2.0, 4.0)):
+        weights = [np.full_like(w, scale) for w in model.get_weights()]
+        model.set_weights(weights)
+        snapshots.append(weights)
+        callback.on_epoch_end(epoch)
+        assert np.array_equal(model.get_weights()[0], weights[0])  # training continues from its own weights
+    averaged = keras.models.load_model(str(path), compile=False).get_weights()
+    assert np.allclose(averaged[0], (1.0 + 2.0 + 4.0) / 3)  # epoch 0 (before first_epoch) left out
+
+
+def test_teacher_targets_are_mirror_averaged(tmp_path):
+    model = build_model(width=0.25)
+    path = tmp_path / "teacher.keras"
+    model.save(str(path))
+    faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    mirrored = faces[:, :, ::-1].copy()
+    assert not np.allclose(predict_probs(model, faces), predict_probs(model, mirrored), atol=1e-4)
+    taught = teacher_probs(path, faces, log=lambda m: None)
+    assert np.allclose(taught, teacher_probs(path, mirrored, log=lambda m: None), atol=1e-5)
+    assert np.allclose(taught.sum(axis=1), 1.0, atol=1e-4)
+    with pytest.raises(DataError, match="--teacher"):
+        teacher_probs(tmp_path / "missing.keras", faces, log=lambda m: None)
 
 
 def _write_fer_csv(path: Path, emotions: list[int], usage: str = "Training") -> None:
@@ -101,6 +143,9 @@ def test_ferplus_with_a_folder_is_a_usage_error(tmp_path):
     (["DATA", "--out", "OUT", "--epochs", "0"], 64, "--epochs"),
     (["DATA", "--out", "OUT", "--val-fraction", "0.9"], 64, "--val-fraction"),
     (["DATA", "--out", "OUT", "--test", "/nonexistent/test"], 66, "--test"),
+    (["DATA", "--out", "OUT", "--epochs", "5", "--swa-epochs", "5"], 64, "--swa-epochs"),
+    (["DATA", "--out", "OUT", "--distill-weight", "0"], 64, "--distill-weight"),
+    (["DATA", "--out", "OUT", "--teacher", "/nonexistent/t.keras"], 66, "--teacher"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, code, text):
     data = tmp_path / "data"
@@ -146,6 +191,19 @@ def test_short_training_run_saves_a_model_that_converts_and_runs_on_device(tmp_p
     with pytest.raises(UsageError, match="seed 0 \\(now 1\\)"):  # its validation faces would leak
         train(TrainConfig(data=FER_TRAIN, out=tmp_path / "leak", limit=700, width=0.5, seed=1,
                           init_from=result.model_path), log=lambda m: None)
+
+    # distilling from a teacher with weight averaging: both recorded, the averaged file cleaned up
+    taught = train(TrainConfig(data=FER_TRAIN, out=tmp_path / "taught", limit=700, epochs=2, steps_per_epoch=6,
+                               batch_size=32, width=0.5, seed=0, init_from=result.model_path,
+                               teacher=result.model_path, swa_epochs=1, bn_recalibration=256), log=lambda m: None)
+    t = taught.summary
+    assert 0.0 < t["teacher"]["train_agreement_with_labels"] <= 1.0 and t["teacher"]["weight"] == 0.5
+    assert t["weight_average"]["epochs_averaged"] == 1
+    assert t["chosen"].startswith("weight average") == t["weight_average"]["chosen"]
+    assert not (tmp_path / "taught" / "fer_edge_cnn_swa.keras").exists()
+    with pytest.raises(UsageError, match="--teacher .* seed 0 \\(now 1\\)"):  # a teacher that saw validation
+        train(TrainConfig(data=FER_TRAIN, out=tmp_path / "leak", limit=700, width=0.5, seed=1,
+                          teacher=result.model_path), log=lambda m: None)
 
     tflite = tmp_path / "cnn_int8.tflite"
     report = run_conversion(result.model_path, tflite, quantize="int8", calibration=FER_TRAIN,
