@@ -114,6 +114,8 @@ class TrainConfig:
             raise UsageError("--distill-weight must be in (0, 1]")
         if not 0 <= self.swa_epochs < self.epochs:
             raise UsageError("--swa-epochs must be at least 0 and less than --epochs (the LR must first decay)")
+        if self.swa_lr is not None and not self.swa_epochs:
+            raise UsageError("--swa-lr sets the LR of the averaging epochs; give --swa-epochs too")
         if self.swa_lr is not None and not 0.0 < self.swa_lr <= self.learning_rate:
             raise UsageError("--swa-lr must be positive and at most --learning-rate")
         if self.precision not in PRECISIONS:

@@ -145,6 +145,7 @@ def test_ferplus_with_a_folder_is_a_usage_error(tmp_path):
     (["DATA", "--out", "OUT", "--test", "/nonexistent/test"], 66, "--test"),
     (["DATA", "--out", "OUT", "--epochs", "5", "--swa-epochs", "5"], 64, "--swa-epochs"),
     (["DATA", "--out", "OUT", "--distill-weight", "0"], 64, "--distill-weight"),
+    (["DATA", "--out", "OUT", "--swa-lr", "1e-4"], 64, "--swa-epochs"),
     (["DATA", "--out", "OUT", "--teacher", "/nonexistent/t.keras"], 66, "--teacher"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, code, text):
