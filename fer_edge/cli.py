@@ -21,7 +21,7 @@ from .cli_support import attach_negative_values, run_main
 from .config import Config, SERVICE_CONFIG, load_config, to_toml
 from .errors import DataError, InputMissing, OutputError, UsageError
 from .modelmeta import parse_input_range
-from .resources import DEFAULT_MODEL, find_resource
+from .resources import resolve_model
 
 LIVE_KINDS = ("auto", "picamera2", "v4l2")
 
@@ -83,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def model_path(cfg: Config) -> Path:
-    return Path(cfg.model.path) if cfg.model.path else find_resource(DEFAULT_MODEL)
+    return resolve_model(cfg.model.path)
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import classification_report, format_report
     from .runtime import EmotionClassifier, fit_faces
 
-    path = Path(args.model)
+    path = resolve_model(args.model)
     classifier = EmotionClassifier(path, num_threads=args.threads, runtime=args.runtime,
                                    mirror_average=args.mirror_average, **model_overrides(args))
     faces = load_faces(args.dataset, usage=args.usage, limit=args.limit, strict=args.strict,

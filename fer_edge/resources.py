@@ -24,3 +24,20 @@ def find_resource(relative: str) -> Path:
             return candidate
     raise InputMissing(f"bundled file {relative} not found under {', '.join(map(str, resource_roots()))}; "
                        "reinstall fer-edge")
+
+
+def resolve_model(path: str | None) -> Path:
+    """A model path as the user wrote it, else the bundled file of that relative name, else the default.
+
+    So `--model models/trained/fer_edge_cnn_int8.tflite` works from any folder after a
+    non-editable install too, where the file lives under <prefix>/share/fer-edge.
+    """
+    if not path:
+        return find_resource(DEFAULT_MODEL)
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    for root in resource_roots():
+        if (root / given).is_file():
+            return root / given
+    return given  # missing: the classifier names it in its error

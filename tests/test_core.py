@@ -12,12 +12,25 @@ from fer_edge.labels import FER2013_ORDER, KAGGLE_ORDER, parse_labels
 from fer_edge.metrics import classification_report
 from fer_edge.modelmeta import ModelInfo, read_metadata_blobs, read_model_info
 from fer_edge.pipeline import Scheduler
+from fer_edge.resources import DEFAULT_MODEL, resolve_model
 from fer_edge.runtime import EmotionClassifier, quantization_lut
 from fer_edge.sources import Frame
 from fer_edge.tracker import FaceTracker
 
 from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, requires_shared
 MODEL = ROOT / "models" / "fer_default.tflite"
+
+
+def test_bundled_model_names_resolve_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as after a non-editable install: the file is not under the cwd
+    trained = resolve_model("models/trained/fer_edge_cnn_int8.tflite")
+    assert trained.is_file() and trained.samefile(ROOT / "models" / "trained" / "fer_edge_cnn_int8.tflite")
+    assert resolve_model(None).samefile(ROOT / DEFAULT_MODEL)
+    own = tmp_path / "models" / "trained" / "fer_edge_cnn_int8.tflite"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"mine")
+    assert resolve_model("models/trained/fer_edge_cnn_int8.tflite") == Path("models/trained/fer_edge_cnn_int8.tflite")
+    assert resolve_model("models/nope.tflite") == Path("models/nope.tflite")  # left for the classifier to report
 
 
 def test_bundled_model_carries_its_labels_and_preprocessing():
