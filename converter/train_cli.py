@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "finished run another learning-rate cycle; needs the same data, --seed, --val-fraction "
                         "and --width, so its validation faces stay unseen")
     p.add_argument("--teacher", type=Path, metavar="MODEL.keras",
-                   help="distil from this fer-train model: its mirror-averaged probabilities are blended into "
+                   help="distil from this fer-train model (any --width): its mirror-averaged probabilities are blended into "
                         "the training targets; needs the same data, --seed and --val-fraction as this run")
-    p.add_argument("--distill-weight", type=float, default=0.5,
+    p.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
                    help="target = (1-w) * label + w * teacher probabilities (default 0.5)")
     p.add_argument("--swa-epochs", type=int, default=0, metavar="K",
                    help="stochastic weight averaging: run the last K epochs at a constant --swa-lr and average "
