@@ -79,6 +79,7 @@ class TrainConfig:
     distill_weight: float = 0.5  # soft target = (1-w) * label + w * teacher probabilities
     swa_epochs: int = 0  # average the weights at the end of the last K epochs, run at a constant LR
     swa_lr: float | None = None  # that constant LR (default: learning_rate / 5)
+    resume: bool = False  # continue an interrupted run in `out` from its last finished epoch
     precision: str = "auto"  # bfloat16 mixed precision where the CPU has native bf16 (about 2x faster)
     progress: bool = False
     stages: tuple[int, ...] = STAGES
@@ -108,6 +109,8 @@ class TrainConfig:
             raise UsageError("--patience must be at least 1")
         if self.bn_recalibration < 0:
             raise UsageError("--bn-recalibration must be 0 (off) or a number of faces")
+        if self.resume and self.from_checkpoint is not None:
+            raise UsageError("--resume trains and --from-checkpoint does not; give one of them")
         if self.init_from is not None and self.from_checkpoint is not None:
             raise UsageError("--init-from trains and --from-checkpoint does not; give one of them")
         if not 0.0 < self.distill_weight <= 1.0:
@@ -421,10 +424,14 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         check_same_split(Path(cfg.init_from), cfg, "--init-from")
     if cfg.teacher is not None:  # a teacher that saw the validation faces would leak their labels
         check_same_split(Path(cfg.teacher), cfg, "--teacher")
+    if cfg.resume:
+        check_resumable(out, cfg)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create --out {out} ({exc.strerror}); choose a writable folder") from None
+    if cfg.from_checkpoint is None and not cfg.resume:  # what --resume checks a later call against
+        (out / RUN_CONFIG).write_text(json.dumps(config_record(cfg), indent=2) + "\n")
 
     started = time.time()
     faces, targets = load_training_faces(cfg, log)
@@ -482,9 +489,10 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
                                      "weight_decay": cfg.weight_decay}
     if cfg.from_checkpoint is None:
         schedule = WarmupCosine(cfg.learning_rate, warmup, decay_steps, floor=swa_lr)
-        history, fit_seconds = fit(cfg, precision, train_ds, val_ds, steps, schedule, model_path, swa_path,
-                                   log_path, batch_losses, started, log)
+        history, fit_seconds, resumed_after = fit(cfg, precision, train_ds, val_ds, steps, schedule, model_path,
+                                                  swa_path, log_path, batch_losses, started, log)
         trained = keras.models.load_model(str(model_path), compile=False)
+        (out / LAST_CHECKPOINT).unlink(missing_ok=True)  # finished: nothing left to resume
     else:
         checkpoint = Path(cfg.from_checkpoint)
         if not checkpoint.is_file():
@@ -494,7 +502,7 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         except Exception as exc:
             raise DataError(f"--from-checkpoint {checkpoint} could not be loaded as a Keras model "
                             f"({str(exc).strip().splitlines()[0][:200]})") from None
-        history, fit_seconds = read_training_log(log_path), None
+        history, fit_seconds, resumed_after = read_training_log(log_path), None, None
         log(f"finishing {checkpoint} without training (history from {log_path if history else 'nowhere'})")
     epochs_run = len(history.get("loss", []))
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1 if history.get("val_accuracy") else None
@@ -549,7 +557,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         "convert_command": (f"fer-convert {model_path.name} -o {MODEL_NAME}_int8.tflite --labels {LABELS} "
                             f"--input-range {INPUT_RANGE} --calibration TRAIN_DATA --evaluate TEST_DATA "
                             "--report report.json"),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "progress"},
+        "config": config_record(cfg),
+        "resumed_after_epoch": resumed_after,
         "data": {"source": faces.source, "faces": len(faces), "train": int(len(train_idx)),
                  "validation": int(len(val_idx)), "counts": faces.counts(),
                  "ferplus": str(cfg.ferplus) if cfg.ferplus else None},
@@ -560,7 +569,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         "best_epoch": best_epoch,
         "stopped_early": epochs_run < cfg.epochs,
         "fit_seconds": round(fit_seconds, 1) if fit_seconds is not None else None,
-        "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 1) if fit_seconds is not None else None,
+        "seconds_per_epoch": (round(fit_seconds / max(epochs_run - (resumed_after or 0), 1), 1)
+                              if fit_seconds is not None else None),
         "bn_recalibration": bn_info,
         "weight_average": swa_info,
         "teacher": teacher_info,
@@ -605,6 +615,40 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     return TrainResult(out, model_path, summary)
 
 
+RUN_CONFIG = "run_config.json"
+LAST_CHECKPOINT = "checkpoint_last.keras"  # weights and optimizer state after the last finished epoch
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+            if k not in ("progress", "resume")}
+
+
+def check_resumable(out: Path, cfg: TrainConfig) -> None:
+    """--resume continues only the run that was interrupted: its checkpoint, with the same settings."""
+    if not (out / LAST_CHECKPOINT).is_file():
+        raise InputMissing(f"--resume: no {LAST_CHECKPOINT} in {out}, so there is no interrupted run to continue "
+                           "(a finished run removes it); drop --resume to start a new run")
+    try:
+        theirs = json.loads((out / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        raise DataError(f"--resume: {out / RUN_CONFIG} is missing or unreadable, so the interrupted run's "
+                        "settings are unknown; start a new run without --resume") from None
+    ours = json.loads(json.dumps(config_record(cfg)))  # the same JSON round trip (tuples become lists)
+    diff = [f"--{k.replace('_', '-')} {theirs.get(k)} (now {ours.get(k)})"
+            for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if diff:
+        raise UsageError(f"--resume: the interrupted run in {out} used {', '.join(diff)}; "
+                         "give the same arguments as that run")
+
+
+def truncate_training_log(path: Path, epochs: int) -> None:
+    """Keep the header and the first `epochs` rows: an epoch logged after the last checkpoint is redone."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[:1 + epochs]))
+
+
 def check_same_split(init_from: Path, cfg: TrainConfig, flag: str) -> None:
     """A warm start or teacher must not have seen the validation faces: same data, seed and split."""
     if not init_from.is_file():
@@ -645,6 +689,13 @@ class WeightAverage(keras.callbacks.Callback):
         self.mean: list[np.ndarray] | None = None
         self.count = 0
 
+    def restore(self, completed_epochs: int) -> None:
+        """After --resume: take up the running mean the interrupted run saved."""
+        done = completed_epochs - self.first_epoch
+        if done > 0 and self.path.is_file():
+            saved = keras.models.load_model(str(self.path), compile=False)
+            self.mean, self.count = [np.asarray(w, np.float64) for w in saved.get_weights()], done
+
     def on_epoch_end(self, epoch, logs=None):
         if epoch < self.first_epoch:
             return
@@ -664,16 +715,19 @@ class WeightAverage(keras.callbacks.Callback):
 
 def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, schedule: WarmupCosine,
         model_path: Path, swa_path: Path, log_path: Path, batch_losses: list[float], started: float,
-        log: Log) -> tuple[dict[str, list[float]], float]:
+        log: Log) -> tuple[dict[str, list[float]], float, int | None]:
     """Build, compile and fit; the best epoch (validation accuracy) is checkpointed to `model_path`, and
-    with --swa-epochs the running average of the last epochs' weights to `swa_path`."""
+    with --swa-epochs the running average of the last epochs' weights to `swa_path`. Every epoch also
+    leaves weights and optimizer state in LAST_CHECKPOINT, which --resume continues from.
+
+    Returns the whole run's history, the seconds this call fitted, and the epoch it resumed after."""
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
         model = build_model(cfg.stages, cfg.width, cfg.dropout, len(KAGGLE_ORDER))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    if cfg.init_from is not None:
+    if cfg.init_from is not None and not cfg.resume:
         load_initial_weights(model, Path(cfg.init_from), log)
     log(f"model {MODEL_NAME}: {model.count_params():,} parameters; {cfg.epochs} epoch(s) x {steps} steps of "
         f"{cfg.batch_size}; {precision} training")
@@ -684,6 +738,15 @@ def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, schedule
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
+    last_path = model_path.parent / LAST_CHECKPOINT
+    initial_epoch, best_so_far = 0, None
+    if cfg.resume:
+        optimizer.build(model.trainable_variables)
+        model.load_weights(str(last_path))  # weights and optimizer state: its step count places the LR schedule
+        initial_epoch = int(optimizer.iterations) // steps
+        truncate_training_log(log_path, initial_epoch)
+        best_so_far = max(read_training_log(log_path).get("val_accuracy", []), default=None)
+        log(f"resuming after epoch {initial_epoch} of {cfg.epochs} from {last_path}")
 
     class Recorder(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -701,18 +764,23 @@ def fit(cfg: TrainConfig, precision: str, train_ds, val_ds, steps: int, schedule
 
     callbacks = [Recorder(),
                  keras.callbacks.ModelCheckpoint(str(model_path), monitor="val_accuracy", mode="max",
-                                                 save_best_only=True)]
+                                                 save_best_only=True, initial_value_threshold=best_so_far)]
     if cfg.swa_epochs:  # early stopping would cut the averaging phase short
-        callbacks.append(WeightAverage(first_epoch=cfg.epochs - cfg.swa_epochs, path=swa_path))
-    else:
+        averager = WeightAverage(first_epoch=cfg.epochs - cfg.swa_epochs, path=swa_path)
+        averager.restore(initial_epoch)
+        callbacks.append(averager)
+    else:  # after --resume its patience starts afresh
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience,
                                                        restore_best_weights=False))
-    callbacks.append(keras.callbacks.CSVLogger(str(log_path)))
+    # Last, so that an epoch is only counted as done (by --resume) once everything above recorded it.
+    callbacks += [keras.callbacks.CSVLogger(str(log_path), append=initial_epoch > 0),
+                  keras.callbacks.ModelCheckpoint(str(last_path), save_best_only=False)]
     fit_start = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, shuffle=False,  # shuffled in tf.data
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                        steps_per_epoch=steps, callbacks=callbacks, shuffle=False,  # shuffled in tf.data
                         verbose=1 if cfg.progress else 0)
-    return history.history, time.time() - fit_start
+    whole = read_training_log(log_path) if initial_epoch else history.history
+    return whole, time.time() - fit_start, initial_epoch or None
 
 
 def save_learning_curves(history: dict[str, list[float]], path: Path, best_epoch: int) -> None:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(turns early stopping off; default 0: off)")
     p.add_argument("--swa-lr", type=float, metavar="LR", help="learning rate of the averaging epochs "
                    "(default: --learning-rate / 5)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last finished epoch (weights, optimizer "
+                        "state and place in the LR schedule); give the same arguments as that run")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="training arithmetic: auto = bfloat16 mixed precision where the CPU has native bf16 "
                         "(AVX512_BF16/AMX, about 2x faster), else float32; the saved model is float32 either way")
@@ -97,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label_smoothing=args.label_smoothing, patience=args.patience, class_weighting=args.class_weighting,
         width=args.width, precision=args.precision, bn_recalibration=args.bn_recalibration,
         from_checkpoint=args.from_checkpoint, init_from=args.init_from, teacher=args.teacher,
-        distill_weight=args.distill_weight, swa_epochs=args.swa_epochs, swa_lr=args.swa_lr,
+        distill_weight=args.distill_weight, swa_epochs=args.swa_epochs, swa_lr=args.swa_lr, resume=args.resume,
         steps_per_epoch=args.steps_per_epoch,
         progress=sys.stderr.isatty() and not args.quiet)
     result = train(cfg, log)

@@ -16,7 +16,7 @@ from converter.train import (  # noqa: E402
     split_train_val, teacher_probs, train,
 )
 from fer_edge.cli_support import run_main  # noqa: E402
-from fer_edge.errors import DataError, UsageError  # noqa: E402
+from fer_edge.errors import DataError, InputMissing, UsageError  # noqa: E402
 from fer_edge.labels import FER2013_ORDER, KAGGLE_ORDER  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -155,6 +155,33 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, code, text):
     assert run_main("fer-train", train_cli.main, argv) == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("fer-train: error:") and text in err and "\n" not in err
+
+
+@needs_shared
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
+    out = tmp_path / "run"
+    settings = dict(data=FER_TRAIN, out=out, limit=700, epochs=3, steps_per_epoch=4, batch_size=32, width=0.25,
+                    seed=0, bn_recalibration=0)
+
+    def interrupt_in_epoch_two(message):
+        if message.startswith("epoch 2/"):
+            raise KeyboardInterrupt  # as Ctrl-C or a reboot would, before epoch 2 is checkpointed
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**settings), log=interrupt_in_epoch_two)
+    assert (out / "checkpoint_last.keras").is_file()
+    with pytest.raises(UsageError, match="--learning-rate 0.002 \\(now 0.001\\)"):
+        train(TrainConfig(**settings, learning_rate=1e-3, resume=True), log=lambda m: None)
+
+    s = train(TrainConfig(**settings, resume=True), log=lambda m: None).summary
+    assert s["resumed_after_epoch"] == 1 and s["epochs_run"] == 3
+    assert (out / "training_log.csv").read_text().count("\n") == 4  # header + 3 epochs, none twice
+    # The optimizer's step count came back with it: the LR at each epoch's end follows one unbroken schedule.
+    schedule = WarmupCosine(2e-3, warmup=4, total=12)
+    assert np.allclose(s["history"]["lr"], [float(schedule(4 * e)) for e in (1, 2, 3)], rtol=1e-5)
+    assert not (out / "checkpoint_last.keras").exists()  # finished: nothing left to resume
+    with pytest.raises(InputMissing, match="--resume"):
+        train(TrainConfig(**settings, resume=True), log=lambda m: None)
 
 
 @needs_shared
