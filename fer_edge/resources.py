@@ -37,7 +37,7 @@ def resolve_model(path: str | None) -> Path:
     given = Path(path)
     if given.exists() or given.is_absolute():
         return given
-    for root in resource_roots():
-        if (root / given).is_file():
-            return root / given
-    return given  # missing: the classifier names it in its error
+    try:
+        return find_resource(path)
+    except InputMissing:
+        return given  # missing: the classifier names it in its error
