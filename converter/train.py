@@ -45,6 +45,7 @@ LABELS = "kaggle"  # outputs in KAGGLE_ORDER; fer-convert --labels kaggle
 STAGES = (32, 64, 128, 192)
 CLASS_WEIGHTINGS = ("sqrt", "balanced", "none")
 PRECISIONS = ("auto", "float32", "bfloat16")
+BN_FACES = 4096  # clean training faces BatchNorm statistics are re-estimated on
 # FER+ columns (fer2013new.csv) that are among our seven classes; contempt/unknown/NF are dropped.
 FERPLUS_COLUMNS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
                    "neutral": "neutral", "sad": "sadness", "surprise": "surprise"}
@@ -72,7 +73,7 @@ class TrainConfig:
     dropout: float = 0.4
     steps_per_epoch: int | None = None  # cap (smoke tests); default: one pass over the training split
     usage: str = "Training"  # rows of a fer2013.csv to train on
-    bn_recalibration: int = 4096  # clean training faces to re-estimate BatchNorm statistics on; 0: off
+    bn_recalibration: int = BN_FACES  # clean training faces to re-estimate BatchNorm statistics on; 0: off
     from_checkpoint: Path | None = None  # skip fitting: finish (recalibrate, evaluate, report) this model
     init_from: Path | None = None  # start fitting from this fer-train model's weights (another LR cycle)
     teacher: Path | None = None  # fer-train model whose mirror-averaged outputs are blended into the targets
@@ -515,8 +516,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         return float((predict_probs(model, val_images).argmax(1) == val_labels).mean())
 
     rng = np.random.default_rng(cfg.seed + 2)
-    bn_faces = faces.images[np.sort(rng.choice(train_idx, size=min(cfg.bn_recalibration or 4096, len(train_idx)),
-                                               replace=False))]
+    n_bn = min(cfg.bn_recalibration or BN_FACES, len(train_idx))  # SWA needs them even with --bn-recalibration 0
+    bn_faces = faces.images[np.sort(rng.choice(train_idx, size=n_bn, replace=False))]
     val_before = val_accuracy(best)
     bn_info: dict[str, Any] = {"faces": 0, "val_accuracy_before": round(val_before, 4), "applied": False}
     if cfg.bn_recalibration:
@@ -649,15 +650,15 @@ def truncate_training_log(path: Path, epochs: int) -> None:
         path.write_text("".join(lines[:1 + epochs]))
 
 
-def check_same_split(init_from: Path, cfg: TrainConfig, flag: str) -> None:
+def check_same_split(model_path: Path, cfg: TrainConfig, flag: str) -> None:
     """A warm start or teacher must not have seen the validation faces: same data, seed and split."""
-    if not init_from.is_file():
-        raise InputMissing(f"{flag} {init_from} not found; give a .keras file fer-train wrote")
-    summary_path = init_from.parent / "training_summary.json"
+    if not model_path.is_file():
+        raise InputMissing(f"{flag} {model_path} not found; give a .keras file fer-train wrote")
+    summary_path = model_path.parent / "training_summary.json"
     try:
         made_by = json.loads(summary_path.read_text())["config"]
     except (OSError, ValueError, KeyError):
-        raise DataError(f"{flag} {init_from}: no training_summary.json beside it to check its validation "
+        raise DataError(f"{flag} {model_path}: no training_summary.json beside it to check its validation "
                         "split against; keep the model in the folder fer-train wrote it to") from None
     ours = {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "limit": cfg.limit,
             "data": str(Path(cfg.data).resolve())}
@@ -665,7 +666,7 @@ def check_same_split(init_from: Path, cfg: TrainConfig, flag: str) -> None:
     theirs["data"] = str(Path(str(theirs["data"])).resolve())
     if ours != theirs:
         diff = ", ".join(f"{k} {theirs[k]} (now {ours[k]})" for k in ours if ours[k] != theirs[k])
-        raise UsageError(f"{flag} {init_from} was trained with {diff}; use the same data, --seed, "
+        raise UsageError(f"{flag} {model_path} was trained with {diff}; use the same data, --seed, "
                          "--val-fraction and --limit so its training faces stay out of validation")
 
 
