@@ -21,11 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fer_edge.resources import MINI_XCEPTION_MODEL, find_resource
+
 ROOT = Path(__file__).resolve().parents[1]
 # Decoding on the caller's thread, as before: VideoFileSource(path, realtime=False, prefetch=0).
 NO_DECODE_THREAD = ("import sys, fer_edge.sources as s; s.VideoFileSource.__init__.__defaults__ = (False, 0); "
                     "from fer_edge.cli import entry; sys.exit(entry())")
 RUN = "from fer_edge.cli import entry; import sys; sys.exit(entry())"
+# One model for every variant, so only the code differs (older revisions bundled mini-Xception as the default).
+SAME_MODEL = find_resource(MINI_XCEPTION_MODEL)
 
 
 def variants(before_tree: Path | None) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -41,7 +45,7 @@ def variants(before_tree: Path | None) -> dict[str, tuple[list[str], dict[str, s
 def run_once(cmd: list[str], env: dict[str, str], video: str, every: int | None, out: Path) -> dict:
     """One `fer-edge run`; from a neutral directory, so `python -c` does not import ./fer_edge."""
     # the entry point reads sys.argv[1:]: "-c CODE" leaves argv[0] = "-c", so the subcommand follows
-    args = [*cmd[:3], "run", "--source", video, "--output", str(out), "--json", *cmd[3:]]
+    args = [*cmd[:3], "run", "--source", video, "--output", str(out), "--json", "--model", str(SAME_MODEL), *cmd[3:]]
     if every is not None:
         args += ["--every", str(every)]
     result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, cwd=out.parent,

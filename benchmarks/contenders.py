@@ -152,7 +152,7 @@ def reference(opts) -> dict:
     - box placement alone: the float model on the boxes each fer-edge mode found (`--probe`)."""
     import keras
 
-    from fer_edge.resources import DEFAULT_MODEL, find_resource
+    from fer_edge.resources import MINI_XCEPTION_MODEL, find_resource
     from fer_edge.runtime import EmotionClassifier
 
     model = keras.models.load_model(str(opts.keras_model), compile=False)
@@ -176,7 +176,7 @@ def reference(opts) -> dict:
             labels[i].append(FER2013[int(b)])
         moved = np.asarray(model(keras_input(shifted), training=False)).argmax(1).reshape(-1, 4)
         stable = round(float(np.mean(moved == best[:, None])), 4)
-        clf = EmotionClassifier(opts.model or find_resource(DEFAULT_MODEL), num_threads=1)
+        clf = EmotionClassifier(opts.model or find_resource(MINI_XCEPTION_MODEL), num_threads=1)
         int8 = [clf.labels[k] for k in clf.predict(crops).argmax(1)]
         int8_same = round(float(np.mean([a == FER2013[int(b)] for a, b in zip(int8, best)])), 4)
     # Per fer-edge mode, per record, the float model's label on each box that mode found.
@@ -204,14 +204,14 @@ def inference(opts) -> dict:
     package's dynamic-range TFLite model. Methods are interleaved; medians over rounds."""
     import keras
 
-    from fer_edge.resources import DEFAULT_MODEL, find_resource
+    from fer_edge.resources import MINI_XCEPTION_MODEL, find_resource
     from fer_edge.runtime import EmotionClassifier, load_runtime
 
     crops = [c for _, face_crops in reference_crops(opts.video) for c in face_crops][: opts.faces]
     if not crops:
         return {"fps": 0.0, "faces": 0}
     model = keras.models.load_model(str(opts.keras_model), compile=False)
-    clf = EmotionClassifier(opts.model or find_resource(DEFAULT_MODEL), num_threads=1)
+    clf = EmotionClassifier(opts.model or find_resource(MINI_XCEPTION_MODEL), num_threads=1)
     _, interpreter_cls = load_runtime("litert")
     fer_tflite = Path(opts.keras_model).with_name("fer_pkg_dynamic_range.tflite")
     dyn = interpreter_cls(model_path=str(fer_tflite), num_threads=1)
@@ -266,7 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--result", required=True)
     p.add_argument("--t-spawn", type=float, default=None)
     p.add_argument("--keras-model", type=Path, default=KERAS_MODEL)
-    p.add_argument("--model", help="fer-edge .tflite for the inference and reference sections (default: bundled)")
+    p.add_argument("--model", help="fer-edge .tflite for the inference and reference sections "
+                                   "(default: the bundled int8 mini-Xception, the network of --keras-model)")
     p.add_argument("--probe", help="reference: JSON {mode: [[frame index, boxes], ...]} to label with the float model")
     p.add_argument("--faces", type=int, default=200, help="inference: faces per round")
     p.add_argument("--rounds", type=int, default=5, help="inference: rounds")

@@ -10,6 +10,8 @@ Contenders, each in its own process, interleaved over rounds (medians; ratios ta
   5. decode+encode floor    read every frame, write it again (mp4v), nothing else
 Then, untimed: quality of each fer-edge mode against full-resolution Haar on every frame with the
 float Keras model on its crops, and per-face inference alone (int8 TFLite vs Keras).
+All run mini-Xception: fer-edge its bundled int8 conversion (models/mini_xception_int8.tflite), not
+its default model, so the figures compare pipelines on one network.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from fer_edge.bench import (FLOOR, Contender, format_table, fer_edge_contenders, machine, run_child,
                             run_rounds, summarise, video_info)
+from fer_edge.resources import MINI_XCEPTION_MODEL, find_resource
 from fer_edge.tracker import iou_matrix
 
 HERE = Path(__file__).resolve().parent
@@ -219,7 +222,10 @@ def main(argv=None) -> int:
             say(f"leaving out {part}: {module} is not installed ({INSTALL[module]})")
             args.skip.append(part)
     extra = [f"--set={s}" for s in args.set]
-    contenders = fer_edge_contenders(video, [], record=True, extra=extra)
+    # Every contender runs mini-Xception (fer-edge its int8 conversion), so the comparison is of pipelines,
+    # not of networks, and the float Keras reference judges the same network fer-edge runs.
+    same_network = [f"--model={find_resource(MINI_XCEPTION_MODEL)}"]
+    contenders = fer_edge_contenders(video, same_network, record=True, extra=extra)
     if "tutorial" not in args.skip:
         contenders.append(contender_script(TUTORIAL, "tutorial", video))
     if "fer" not in args.skip:

@@ -28,7 +28,7 @@ import numpy as np
 from fer_edge.config import load_config
 from fer_edge.detector import FaceDetector
 from fer_edge.pipeline import Pipeline
-from fer_edge.resources import DEFAULT_MODEL, find_resource
+from fer_edge.resources import MINI_XCEPTION_MODEL, find_resource
 from fer_edge.runtime import EmotionClassifier
 from fer_edge.sources import Frame, Source
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cv2.setNumThreads(1)  # CPU time of one thread = the work; see the module docstring
     grid = [(k, v.split(",")) for k, _, v in (g.partition("=") for g in (args.grid or DEFAULT_GRID))]
-    classifier = EmotionClassifier(find_resource(DEFAULT_MODEL), num_threads=1)
+    classifier = EmotionClassifier(find_resource(MINI_XCEPTION_MODEL), num_threads=1)
     rows = []
     for video in args.videos:
         ref = reference_for(video, args.cache)

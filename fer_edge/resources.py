@@ -7,6 +7,8 @@ from pathlib import Path
 from .errors import InputMissing
 
 DEFAULT_MODEL = "models/fer_default.tflite"
+# The bundled alternative: the `fer` package's network, which the workstation benchmark compares against.
+MINI_XCEPTION_MODEL = "models/mini_xception_int8.tflite"
 SAMPLE_VIDEO = "samples/sample_faces.mp4"
 UNIT_FILE = "systemd/fer-edge.service"
 EXAMPLE_CONFIG = "systemd/config.example.toml"
@@ -29,7 +31,7 @@ def find_resource(relative: str) -> Path:
 def resolve_model(path: str | None) -> Path:
     """A model path as the user wrote it, else the bundled file of that relative name, else the default.
 
-    So `--model models/trained/fer_edge_cnn_int8.tflite` works from any folder after a
+    So `--model models/mini_xception_int8.tflite` works from any folder after a
     non-editable install too, where the file lives under <prefix>/share/fer-edge.
     """
     if not path:

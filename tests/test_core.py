@@ -23,24 +23,28 @@ MODEL = ROOT / "models" / "fer_default.tflite"
 
 def test_bundled_model_names_resolve_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # as after a non-editable install: the file is not under the cwd
-    trained = resolve_model("models/trained/fer_edge_cnn_int8.tflite")
-    assert trained.is_file() and trained.samefile(ROOT / "models" / "trained" / "fer_edge_cnn_int8.tflite")
+    other = resolve_model("models/mini_xception_int8.tflite")
+    assert other.is_file() and other.samefile(ROOT / "models" / "mini_xception_int8.tflite")
     assert resolve_model(None).samefile(ROOT / DEFAULT_MODEL)
-    own = tmp_path / "models" / "trained" / "fer_edge_cnn_int8.tflite"
+    own = tmp_path / "models" / "mini_xception_int8.tflite"
     own.parent.mkdir(parents=True)
     own.write_bytes(b"mine")
-    assert resolve_model("models/trained/fer_edge_cnn_int8.tflite") == Path("models/trained/fer_edge_cnn_int8.tflite")
+    assert resolve_model("models/mini_xception_int8.tflite") == Path("models/mini_xception_int8.tflite")
     assert resolve_model("models/nope.tflite") == Path("models/nope.tflite")  # left for the classifier to report
 
 
 def test_bundled_model_carries_its_labels_and_preprocessing():
     info = read_model_info(MODEL)
     assert info is not None
-    assert info.labels == FER2013_ORDER  # mini-Xception was trained on the CSV order
-    assert (info.input_height, info.input_width, info.input_channels) == (64, 64, 1)
-    assert info.input_range == (-1.0, 1.0)
+    assert info.labels == KAGGLE_ORDER  # fer-train trains on the folders' alphabetical order
+    assert (info.input_height, info.input_width, info.input_channels) == (48, 48, 1)
+    assert info.input_range == (0.0, 1.0)
     assert info.extra["quantization"] == "int8"
-    assert info.extra["source"]["file"] == "mini_xception_fer2013.hdf5"
+    assert info.extra["source"]["file"] == "fer_edge_cnn.keras"
+    other = read_model_info(ROOT / "models" / "mini_xception_int8.tflite")
+    assert other is not None and other.labels == FER2013_ORDER  # mini-Xception was trained on the CSV order
+    assert (other.input_height, other.input_width, other.input_range) == (64, 64, (-1.0, 1.0))
+    assert other.extra["source"]["file"] == "mini_xception_fer2013.hdf5"
 
 
 def test_metadata_reader_rejects_non_models_and_damage(tmp_path):

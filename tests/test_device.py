@@ -360,7 +360,10 @@ def test_evaluate_on_device_without_tensorflow():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["samples"] == 3589
-    assert 0.63 < report["accuracy"] < 0.68  # mini-Xception int8 on PublicTest: ~65%
+    assert 0.66 < report["accuracy"] < 0.71  # fer_edge_cnn int8 on PublicTest: 68.04% (mini-Xception: 65.00%)
+    # The model card quotes fer-convert's report; the device must reproduce it exactly for the shipped file.
+    shipped = json.loads((ROOT / "models" / "fer_default_report.json").read_text())["evaluation"]["tflite"]
+    assert report["accuracy"] == shipped["accuracy"] and report["confusion"] == shipped["confusion"]
     assert set(report["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
     assert np.array(report["confusion"]).sum() == 3589
 
