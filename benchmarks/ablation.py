@@ -45,7 +45,8 @@ def variants(before_tree: Path | None) -> dict[str, tuple[list[str], dict[str, s
 def run_once(cmd: list[str], env: dict[str, str], video: str, every: int | None, out: Path) -> dict:
     """One `fer-edge run`; from a neutral directory, so `python -c` does not import ./fer_edge."""
     # the entry point reads sys.argv[1:]: "-c CODE" leaves argv[0] = "-c", so the subcommand follows
-    args = [*cmd[:3], "run", "--source", video, "--output", str(out), "--json", "--model", str(SAME_MODEL), *cmd[3:]]
+    args = [*cmd[:3], "run", "--source", video, "--output", str(out), "--json", "--model", str(SAME_MODEL),
+            *cmd[3:]]
     if every is not None:
         args += ["--every", str(every)]
     result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env}, cwd=out.parent,
