@@ -12,7 +12,7 @@ from fer_edge.labels import FER2013_ORDER, KAGGLE_ORDER, parse_labels
 from fer_edge.metrics import classification_report
 from fer_edge.modelmeta import ModelInfo, read_metadata_blobs, read_model_info
 from fer_edge.pipeline import Scheduler
-from fer_edge.resources import DEFAULT_MODEL, resolve_model
+from fer_edge.resources import DEFAULT_MODEL, MINI_XCEPTION_MODEL, resolve_model
 from fer_edge.runtime import EmotionClassifier, quantization_lut
 from fer_edge.sources import Frame
 from fer_edge.tracker import FaceTracker
@@ -23,13 +23,13 @@ MODEL = ROOT / "models" / "fer_default.tflite"
 
 def test_bundled_model_names_resolve_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # as after a non-editable install: the file is not under the cwd
-    other = resolve_model("models/mini_xception_int8.tflite")
-    assert other.is_file() and other.samefile(ROOT / "models" / "mini_xception_int8.tflite")
+    other = resolve_model(MINI_XCEPTION_MODEL)
+    assert other.is_file() and other.samefile(ROOT / MINI_XCEPTION_MODEL)
     assert resolve_model(None).samefile(ROOT / DEFAULT_MODEL)
-    own = tmp_path / "models" / "mini_xception_int8.tflite"
+    own = tmp_path / MINI_XCEPTION_MODEL
     own.parent.mkdir(parents=True)
     own.write_bytes(b"mine")
-    assert resolve_model("models/mini_xception_int8.tflite") == Path("models/mini_xception_int8.tflite")
+    assert resolve_model(MINI_XCEPTION_MODEL) == Path(MINI_XCEPTION_MODEL)
     assert resolve_model("models/nope.tflite") == Path("models/nope.tflite")  # left for the classifier to report
 
 
@@ -41,7 +41,7 @@ def test_bundled_model_carries_its_labels_and_preprocessing():
     assert info.input_range == (0.0, 1.0)
     assert info.extra["quantization"] == "int8"
     assert info.extra["source"]["file"] == "fer_edge_cnn.keras"
-    other = read_model_info(ROOT / "models" / "mini_xception_int8.tflite")
+    other = read_model_info(ROOT / MINI_XCEPTION_MODEL)
     assert other is not None and other.labels == FER2013_ORDER  # mini-Xception was trained on the CSV order
     assert (other.input_height, other.input_width, other.input_range) == (64, 64, (-1.0, 1.0))
     assert other.extra["source"]["file"] == "mini_xception_fer2013.hdf5"
