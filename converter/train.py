@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -76,7 +76,7 @@ class TrainConfig:
     bn_recalibration: int = BN_FACES  # clean training faces to re-estimate BatchNorm statistics on; 0: off
     from_checkpoint: Path | None = None  # skip fitting: finish (recalibrate, evaluate, report) this model
     init_from: Path | None = None  # start fitting from this fer-train model's weights (another LR cycle)
-    teacher: Path | None = None  # fer-train model whose mirror-averaged outputs are blended into the targets
+    teacher: tuple[Path, ...] = ()  # fer-train models whose mirror-averaged outputs, averaged, are blended in
     distill_weight: float = 0.5  # soft target = (1-w) * label + w * teacher probabilities
     swa_epochs: int = 0  # average the weights at the end of the last K epochs, run at a constant LR
     swa_lr: float | None = None  # that constant LR (default: learning_rate / 5)
@@ -393,24 +393,27 @@ def predict_probs(model, images: np.ndarray, batch_size: int = 512) -> np.ndarra
     return np.concatenate(outs) if outs else np.empty((0, len(KAGGLE_ORDER)), np.float32)
 
 
-def teacher_probs(teacher_path: Path, images: np.ndarray, log: Log) -> np.ndarray:
-    """The teacher's class probabilities, each face averaged with its mirror image.
+def teacher_probs(teacher_paths: Sequence[Path], images: np.ndarray, log: Log) -> np.ndarray:
+    """The teachers' class probabilities, each face averaged with its mirror image, then over teachers.
 
-    Mirror averaging is worth 1-2 points for these models but doubles inference on the device;
-    distilling it into the targets lets a single pass learn part of it.
+    Mirror averaging is worth 1-2 points for these models but doubles inference on the device, and an
+    ensemble of two runs adds about one more; distilling both into the targets lets a single pass of
+    one network learn part of it.
     """
-    try:
-        teacher = keras.models.load_model(str(teacher_path), compile=False)
-    except Exception as exc:
-        raise DataError(f"--teacher {teacher_path} could not be loaded as a Keras model "
-                        f"({str(exc).strip().splitlines()[0][:200]})") from None
-    shape = tuple(teacher.input_shape[1:])
-    if shape != (INPUT_SIDE, INPUT_SIDE, 1) or teacher.output_shape[-1] != len(KAGGLE_ORDER):
-        raise DataError(f"--teacher {teacher_path} takes {shape} and gives {teacher.output_shape[-1]} classes; "
-                        f"it must be a fer-train model (48x48x1 in, 7 classes out)")
-    probs = (predict_probs(teacher, images) + predict_probs(teacher, images[:, :, ::-1])) / 2
-    log(f"teacher {teacher_path}: mirror-averaged probabilities for {len(images)} training faces")
-    return probs.astype(np.float32)
+    probs = np.zeros((len(images), len(KAGGLE_ORDER)), np.float64)
+    for path in teacher_paths:
+        try:
+            teacher = keras.models.load_model(str(path), compile=False)
+        except Exception as exc:
+            raise DataError(f"--teacher {path} could not be loaded as a Keras model "
+                            f"({str(exc).strip().splitlines()[0][:200]})") from None
+        shape = tuple(teacher.input_shape[1:])
+        if shape != (INPUT_SIDE, INPUT_SIDE, 1) or teacher.output_shape[-1] != len(KAGGLE_ORDER):
+            raise DataError(f"--teacher {path} takes {shape} and gives {teacher.output_shape[-1]} classes; "
+                            f"it must be a fer-train model (48x48x1 in, 7 classes out)")
+        probs += (predict_probs(teacher, images) + predict_probs(teacher, images[:, :, ::-1])) / 2
+        log(f"teacher {path}: mirror-averaged probabilities for {len(images)} training faces")
+    return (probs / len(teacher_paths)).astype(np.float32)
 
 
 def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> TrainResult:
@@ -423,8 +426,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         raise InputMissing(f"--test {test_path} not found; give a FER2013 test folder or CSV")
     if cfg.init_from is not None:
         check_same_split(Path(cfg.init_from), cfg, "--init-from")
-    if cfg.teacher is not None:  # a teacher that saw the validation faces would leak their labels
-        check_same_split(Path(cfg.teacher), cfg, "--teacher")
+    for teacher in cfg.teacher:  # a teacher that saw the validation faces would leak their labels
+        check_same_split(Path(teacher), cfg, "--teacher")
     if cfg.resume:
         check_resumable(out, cfg)
     try:
@@ -453,13 +456,13 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         pass
 
     teacher_info: dict[str, Any] | None = None
-    if cfg.teacher is not None and cfg.from_checkpoint is None:
-        taught = teacher_probs(Path(cfg.teacher), faces.images[train_idx], log)
+    if cfg.teacher and cfg.from_checkpoint is None:
+        taught = teacher_probs([Path(t) for t in cfg.teacher], faces.images[train_idx], log)
         agree = float((taught.argmax(1) == faces.labels[train_idx]).mean())
         targets = targets.copy()
         targets[train_idx] = (1 - cfg.distill_weight) * targets[train_idx] + cfg.distill_weight * taught
-        teacher_info = {"model": str(cfg.teacher), "weight": cfg.distill_weight, "mirror_averaged": True,
-                        "train_agreement_with_labels": round(agree, 4)}
+        teacher_info = {"models": [str(t) for t in cfg.teacher], "weight": cfg.distill_weight,
+                        "mirror_averaged": True, "train_agreement_with_labels": round(agree, 4)}
         log(f"distilling: targets = {1 - cfg.distill_weight:g} x label + {cfg.distill_weight:g} x teacher "
             f"(the teacher agrees with {agree:.1%} of the training labels)")
 
@@ -621,8 +624,9 @@ LAST_CHECKPOINT = "checkpoint_last.keras"  # weights and optimizer state after t
 
 
 def config_record(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-            if k not in ("progress", "resume")}
+    def plain(v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+    return {k: plain(v) for k, v in asdict(cfg).items() if k not in ("progress", "resume")}
 
 
 def check_resumable(out: Path, cfg: TrainConfig) -> None:

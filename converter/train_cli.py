@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this fer-train model's weights instead of random ones, e.g. to give a "
                         "finished run another learning-rate cycle; needs the same data, --seed, --val-fraction "
                         "and --width, so its validation faces stay unseen")
-    p.add_argument("--teacher", type=Path, metavar="MODEL.keras",
-                   help="distil from this fer-train model (any --width): its mirror-averaged probabilities are blended into "
-                        "the training targets; needs the same data, --seed and --val-fraction as this run")
+    p.add_argument("--teacher", type=Path, action="append", default=[], metavar="MODEL.keras",
+                   help="distil from this fer-train model (any --width); repeat it to distil an ensemble: the "
+                        "mirror-averaged probabilities, averaged over the teachers, are blended into the training "
+                        "targets; each teacher needs the same data, --seed and --val-fraction as this run")
     p.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
                    help="target = (1-w) * label + w * teacher probabilities (default 0.5)")
     p.add_argument("--swa-epochs", type=int, default=0, metavar="K",
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ferplus_weight=args.ferplus_weight, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, patience=args.patience, class_weighting=args.class_weighting,
         width=args.width, precision=args.precision, bn_recalibration=args.bn_recalibration,
-        from_checkpoint=args.from_checkpoint, init_from=args.init_from, teacher=args.teacher,
+        from_checkpoint=args.from_checkpoint, init_from=args.init_from, teacher=tuple(args.teacher),
         distill_weight=args.distill_weight, swa_epochs=args.swa_epochs, swa_lr=args.swa_lr, resume=args.resume,
         steps_per_epoch=args.steps_per_epoch,
         progress=sys.stderr.isatty() and not args.quiet)

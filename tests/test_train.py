@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow", reason="fer-train needs TensorFlow (pip install -e .[convert])")
+import keras  # noqa: E402
 
 from converter import train_cli  # noqa: E402
 from converter.train import (  # noqa: E402
@@ -75,18 +76,25 @@ def test_weight_average_is_the_mean_of_the_epochs_it_covers(tmp_path):
     assert np.allclose(averaged[0], (1.0 + 2.0 + 4.0) / 3)  # epoch 0 (before first_epoch) left out
 
 
-def test_teacher_targets_are_mirror_averaged(tmp_path):
+def test_teacher_targets_are_mirror_averaged_and_ensembled(tmp_path):
     model = build_model(width=0.25)
     path = tmp_path / "teacher.keras"
     model.save(str(path))
     faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
     mirrored = faces[:, :, ::-1].copy()
     assert not np.allclose(predict_probs(model, faces), predict_probs(model, mirrored), atol=1e-4)
-    taught = teacher_probs(path, faces, log=lambda m: None)
-    assert np.allclose(taught, teacher_probs(path, mirrored, log=lambda m: None), atol=1e-5)
+    taught = teacher_probs([path], faces, log=lambda m: None)
+    assert np.allclose(taught, teacher_probs([path], mirrored, log=lambda m: None), atol=1e-5)
     assert np.allclose(taught.sum(axis=1), 1.0, atol=1e-4)
-    with pytest.raises(DataError, match="--teacher"):
-        teacher_probs(tmp_path / "missing.keras", faces, log=lambda m: None)
+
+    keras.utils.set_random_seed(1)  # a second, differently initialised teacher
+    other = tmp_path / "other.keras"
+    build_model(width=0.25).save(str(other))
+    alone = teacher_probs([other], faces, log=lambda m: None)
+    assert not np.allclose(alone, taught, atol=1e-4)
+    assert np.allclose(teacher_probs([path, other], faces, log=lambda m: None), (taught + alone) / 2, atol=1e-5)
+    with pytest.raises(DataError, match="--teacher .*missing"):
+        teacher_probs([path, tmp_path / "missing.keras"], faces, log=lambda m: None)
 
 
 def _write_fer_csv(path: Path, emotions: list[int], usage: str = "Training") -> None:
@@ -223,15 +231,16 @@ def test_short_training_run_saves_a_model_that_converts_and_runs_on_device(tmp_p
     # distilling from a teacher with weight averaging: both recorded, the averaged file cleaned up
     taught = train(TrainConfig(data=FER_TRAIN, out=tmp_path / "taught", limit=700, epochs=2, steps_per_epoch=6,
                                batch_size=32, width=0.5, seed=0, init_from=result.model_path,
-                               teacher=result.model_path, swa_epochs=1, bn_recalibration=256), log=lambda m: None)
+                               teacher=(result.model_path, result.model_path), swa_epochs=1, bn_recalibration=256), log=lambda m: None)
     t = taught.summary
     assert 0.0 < t["teacher"]["train_agreement_with_labels"] <= 1.0 and t["teacher"]["weight"] == 0.5
+    assert t["teacher"]["models"] == [str(result.model_path)] * 2
     assert t["weight_average"]["epochs_averaged"] == 1
     assert t["chosen"].startswith("weight average") == t["weight_average"]["chosen"]
     assert not (tmp_path / "taught" / "fer_edge_cnn_swa.keras").exists()
     with pytest.raises(UsageError, match="--teacher .* seed 0 \\(now 1\\)"):  # a teacher that saw validation
         train(TrainConfig(data=FER_TRAIN, out=tmp_path / "leak", limit=700, width=0.5, seed=1,
-                          teacher=result.model_path), log=lambda m: None)
+                          teacher=(result.model_path,)), log=lambda m: None)
 
     tflite = tmp_path / "cnn_int8.tflite"
     report = run_conversion(result.model_path, tflite, quantize="int8", calibration=FER_TRAIN,
