@@ -59,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 overrides["source.kind"] = "file"
     simple = {"output": "output.directory", "every": "analysis.every", "model": "model.path",
               "threads": "model.num_threads", "detection_width": "detection.width",
-              "segment_seconds": "video.segment_seconds"}
+              "segment_seconds": "video.segment_seconds", "record": "video.record"}
     for attr, key in simple.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -111,7 +111,7 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 # --- commands --------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import FaceDetector
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, pre_roll_frames
     from .sinks import Display, Retention, RollingCsvLog, SegmentedVideoWriter
     from .sources import open_source
     from .systemd import Notifier
@@ -130,9 +130,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if cfg.video.enabled:
             v = cfg.video
+            # room for a whole pre-roll, so flushing it when a face appears does not stall capture
+            queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
             video = SegmentedVideoWriter(out / "video", source.frame_size, source.fps,
                                          segment_seconds=v.segment_seconds, codec=v.codec,
-                                         retention=Retention(v.max_files, v.max_bytes, v.min_free_bytes))
+                                         retention=Retention(v.max_files, v.max_bytes, v.min_free_bytes),
+                                         queue_size=queue_size)
         if cfg.csv.enabled:
             c = cfg.csv
             csv = RollingCsvLog(out / "csv", labels=classifier.labels, source=source.name, max_bytes=c.max_bytes,
@@ -155,8 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     stats = pipeline.run(max_frames=args.max_frames)
     summary = {
         "frames": stats.frames, "analysed": stats.analysed, "faces": stats.faces,
+        "frames_with_faces": stats.frames_with_faces,
         "seconds": round(stats.seconds, 2), "fps": round(stats.fps, 1), "dropped": source.dropped,
         "video_segments": [str(p) for p in video.segments] if video else [],
+        "video_frames": stats.recorded,
+        "video_events": stats.events if cfg.video.record == "faces" else None,
         "csv_files": [str(p) for p in csv.files] if csv else [], "csv_rows": csv.rows_written if csv else 0,
         "stage_ms_per_frame": stats.stage_ms_per_frame(),
     }
@@ -166,7 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log(f"done: {stats.frames} frames in {stats.seconds:.1f} s ({stats.fps:.1f} fps), "
             f"{stats.analysed} analysed, {stats.faces} face detections, {source.dropped} dropped")
         if video:
-            log(f"video: {len(video.segments)} segment(s) in {out / 'video'}")
+            events = (f"; {stats.recorded} of {stats.frames} frames recorded, in {stats.events} event(s) "
+                      "with a face in view" if cfg.video.record == "faces" else "")
+            log(f"video: {len(video.segments)} segment(s) in {out / 'video'}{events}")
         if csv:
             log(f"csv: {csv.rows_written} row(s) in {len(csv.files)} file(s) in {out / 'csv'}")
     return 0
@@ -316,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--realtime", action="store_true", help="pace a video file at its own fps, like a camera")
     run.add_argument("--detection-width", type=int, metavar="PX", help="width of the frame Haar runs on")
     run.add_argument("--segment-seconds", type=float, metavar="S", help="video segment length")
+    run.add_argument("--record", metavar="WHEN", help="always (default), or faces: video only while a face is in "
+                                                       "view, plus video.pre_roll_seconds / post_roll_seconds")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_model_options(run)

@@ -22,6 +22,8 @@ from .errors import ConfigError
 
 SERVICE_CONFIG = Path("/etc/fer-edge/config.toml")
 SOURCE_KINDS = ("auto", "picamera2", "v4l2", "file")
+RECORD_MODES = ("always", "faces")
+MAX_PRE_ROLL_SECONDS = 10.0  # pre-roll frames are held in memory: about 28 MB a second at 640x480, 30 fps
 
 
 @dataclass
@@ -63,6 +65,9 @@ class AnalysisConfig:
 @dataclass
 class VideoConfig:
     enabled: bool = True
+    record: str = "always"  # always | faces: only while a face is in view, plus pre- and post-roll
+    pre_roll_seconds: float = 1.0  # faces: also keep this much before a face is first seen (a full scan's gap)
+    post_roll_seconds: float = 5.0  # faces: keep recording this long after the last face left
     segment_seconds: float = 300.0  # a crash or power cut loses at most the open segment
     codec: str = "mp4v"
     max_files: int = 0  # retention; 0: no limit
@@ -168,6 +173,10 @@ def _check(cfg: Config) -> None:
     need(0 <= a.smoothing < 1, "analysis.smoothing", "must be in [0, 1)")
     need(0 <= a.face_margin <= 1, "analysis.face_margin", "must be in [0, 1]")
     need(v.segment_seconds >= 1, "video.segment_seconds", "must be at least 1")
+    need(v.record in RECORD_MODES, "video.record", f"is {v.record!r}; choose always or faces")
+    need(0 <= v.pre_roll_seconds <= MAX_PRE_ROLL_SECONDS, "video.pre_roll_seconds",
+         f"is {v.pre_roll_seconds:g}; use 0 to {MAX_PRE_ROLL_SECONDS:g} (its frames are held in memory)")
+    need(v.post_roll_seconds >= 0, "video.post_roll_seconds", "must be 0 or more")
     need(len(v.codec) == 4, "video.codec", f"is {v.codec!r}; give a FourCC such as mp4v or MJPG")
     need(min(v.max_files, v.max_bytes, v.min_free_bytes) >= 0, "video retention", "values must be 0 or more")
     need(c.max_bytes >= 0 and c.rotate_seconds >= 0, "csv rotation", "values must be 0 or more")

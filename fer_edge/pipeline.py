@@ -1,8 +1,9 @@
 """The loop: Frame → faces → predictions → sinks. Read it top to bottom in `Pipeline.run`.
 
 Analysis (detect + classify) runs on every Nth frame, or adaptively at a target rate of
-media time; the frames in between are annotated with the latest results and recorded. Each
-stage's time is accumulated so `fer-edge bench` and the systemd STATUS can say where it goes.
+media time; the frames in between are annotated with the latest results and recorded. Video is
+recorded always, or only while a face is in view (`video.record = "faces"`). Each stage's time is
+accumulated so `fer-edge bench` and the systemd STATUS can say where it goes.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -33,6 +35,8 @@ class RunStats:
     analysed: int = 0
     faces: int = 0  # face detections over analysed frames
     frames_with_faces: int = 0  # frames whose shown results include a face
+    recorded: int = 0  # frames sent to the video writer
+    events: int = 0  # video.record = "faces": times recording started because a face came into view
     seconds: float = 0.0
     first_analysis_s: Optional[float] = None  # from Pipeline construction to the first analysed frame
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -75,6 +79,42 @@ class Scheduler:
         return False
 
 
+def pre_roll_frames(record: str, fps: float, pre_roll_seconds: float) -> int:
+    """How many frames the pre-roll holds; the video writer's queue takes them all at once."""
+    return 0 if record == "always" else round(pre_roll_seconds * fps)
+
+
+class RecordGate:
+    """Which frames to record: all (`always`), or (`faces`) only while a face is in view, from
+    `pre_roll_seconds` before it was first shown until `post_roll_seconds` after the last one left.
+
+    Why: on a months-long install an empty room would cost drawing, encoding and card space, and
+    retention would then delete footage of people to keep footage of nobody.
+    """
+
+    def __init__(self, record: str, fps: float, pre_roll_seconds: float, post_roll_seconds: float):
+        self.always = record == "always"
+        self.post_roll_seconds = post_roll_seconds
+        # Sources hand out a new array per frame, so holding frames costs memory, never a copy.
+        self.pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_frames(record, fps, pre_roll_seconds))
+        self.recording = self.always
+        self._until = -math.inf  # media time up to which the current event records
+
+    def update(self, timestamp: float, faces_in_view: bool) -> tuple[bool, bool]:
+        """Move to this frame; returns (an event starts at it, the event ended just before it)."""
+        if self.always:
+            return False, False
+        if faces_in_view:
+            self._until = timestamp + self.post_roll_seconds
+        was, self.recording = self.recording, timestamp <= self._until
+        return self.recording and not was, was and not self.recording
+
+    @property
+    def keeps_frame(self) -> bool:
+        """Whether the current frame is recorded or held as pre-roll, i.e. worth drawing on."""
+        return self.recording or bool(self.pre_roll.maxlen)
+
+
 class Pipeline:
     def __init__(self, cfg: Config, source: Source, classifier: EmotionClassifier, detector: FaceDetector,
                  *, video=None, csv=None, display=None, notifier=None,
@@ -90,7 +130,8 @@ class Pipeline:
         self._last_analysis = -math.inf
         self.tracker = FaceTracker(classifier.labels, smoothing=cfg.analysis.smoothing)
         self.annotator = Annotator(classifier.labels, bars=cfg.video.bars)
-        self.draw = video is not None or display is not None  # headless CSV-only: never touch pixels
+        v = cfg.video
+        self.gate = RecordGate(v.record, source.fps, v.pre_roll_seconds, v.post_roll_seconds)
         self.grey_faces = classifier.info.input_channels == 1
         self.margin = cfg.analysis.face_margin
         self.stats = RunStats()
@@ -141,13 +182,20 @@ class Pipeline:
                         self.on_analysis(frame, detected)
                     stage["log"] += clock() - t2
                 st.frames_with_faces += bool(shown)
-                if self.draw:  # 3. sinks
+                # 3. sinks; pixels are touched only for a frame that is recorded, held or shown
+                t3 = clock()
+                keep = self.video is not None and self._gate_recording(frame, bool(shown))
+                stage["encode"] += clock() - t3  # a pre-roll flush is queued for encoding here
+                if keep or self.display is not None:
                     t3 = clock()
                     self.annotator.draw(frame.image, shown, fps_window.rate)
                     t4 = clock()
                     stage["annotate"] += t4 - t3
-                    if self.video is not None:
+                    if keep and self.gate.recording:
                         self.video.write(frame.image)
+                        st.recorded += 1
+                    elif keep:
+                        self.gate.pre_roll.append(frame.image)
                     t5 = clock()
                     stage["encode"] += t5 - t4
                     if self.display is not None and not self.display.show(frame.image):
@@ -199,10 +247,23 @@ class Pipeline:
         stage["track"] += clock() - t3
         return detected
 
+    def _gate_recording(self, frame: Frame, faces_in_view: bool) -> bool:
+        """Start or end a recording event at this frame; returns whether to keep the frame."""
+        started, ended = self.gate.update(frame.timestamp, faces_in_view)
+        if ended:
+            self.video.new_segment()  # the event's file is finished now, not when the next one begins
+        if started:
+            self.stats.events += 1
+            while self.gate.pre_roll:
+                self.video.write(self.gate.pre_roll.popleft())
+                self.stats.recorded += 1
+        return self.gate.keeps_frame
+
     def status_line(self, elapsed: float) -> str:
         st = self.stats
         return (f"frames {st.frames}, {st.frames / max(elapsed, 1e-9):.1f} fps, analysed {st.analysed}, "
-                f"faces {st.faces}, dropped {self.source.dropped}")
+                f"faces {st.faces}, dropped {self.source.dropped}"
+                + (f", recorded {st.recorded}" if self.video is not None else ""))
 
     def close(self) -> None:
         """Close every sink even if one fails, so a segment is finalised and the CSV flushed."""

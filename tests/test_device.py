@@ -80,6 +80,33 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--since", "yesterday"), 64, "--since")
 
 
+def test_record_faces_keeps_video_only_around_faces_one_file_per_event(tmp_path):
+    # The sample has a face, then about 3.5 s of a shuttle model with none, then the face again.
+    def run(out: str, pre: float, post: float) -> dict:
+        result = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path / out), "--every", "1",
+                          "--no-csv", "--json", "--record", "faces",
+                          "--set", f"video.pre_roll_seconds={pre}", "--set", f"video.post_roll_seconds={post}")
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        files = sorted((tmp_path / out / "video").glob("*.mp4"))
+        assert [str(p) for p in files] == summary["video_segments"]
+        summary["decoded"] = [frame_count(p) for p in files]
+        return summary
+
+    bare = run("bare", 0, 0)
+    assert bare["frames"] == 150 and bare["video_events"] == 2
+    assert len(bare["decoded"]) == 2  # each event gets its own file, finished when the face leaves
+    assert sum(bare["decoded"]) == bare["video_frames"] == bare["frames_with_faces"] < 120
+    rolled = run("rolled", 0.5, 0.5)  # at 15 fps: 8 frames before the second event, 7 after the first
+    assert rolled["video_events"] == 2 and len(rolled["decoded"]) == 2
+    assert rolled["frames_with_faces"] == bare["frames_with_faces"]
+    assert sum(rolled["decoded"]) == rolled["video_frames"] == bare["video_frames"] + 8 + 7
+    assert rolled["decoded"] == [bare["decoded"][0] + 7, bare["decoded"][1] + 8]
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--record", "sometimes"), 78, "video.record", "faces")
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--set", "video.pre_roll_seconds=60"), 78,
+                   "video.pre_roll_seconds", "memory")
+
+
 def test_mirror_average_is_a_config_switch(tmp_path):
     result = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path), "--no-video", "--json",
                       "--set", "model.mirror_average=true")
