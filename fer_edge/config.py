@@ -66,7 +66,7 @@ class AnalysisConfig:
 class VideoConfig:
     enabled: bool = True
     record: str = "always"  # always | faces: only while a face is in view, plus pre- and post-roll
-    pre_roll_seconds: float = 1.0  # faces: also keep this much before a face is first seen (a full scan's gap)
+    pre_roll_seconds: float = 1.0  # faces: also keep this much before a face is first found (the arrival)
     post_roll_seconds: float = 5.0  # faces: keep recording this long after the last face left
     segment_seconds: float = 300.0  # a crash or power cut loses at most the open segment
     codec: str = "mp4v"
