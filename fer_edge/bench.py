@@ -106,6 +106,7 @@ def child_fer_edge(opts: argparse.Namespace) -> dict[str, Any]:
         "runtime": classifier.runtime_name, "video_frames_written": video.frames_written,
         "csv_rows": csv.rows_written,
         "settings": {"every": cfg.analysis.every, "target_fps": cfg.analysis.target_fps,
+                     "idle_fps": cfg.analysis.idle_fps,
                      "detection": {k: getattr(cfg.detection, k) for k in vars(cfg.detection)}},
     }
     if opts.record:

@@ -58,6 +58,7 @@ class ModelConfig:
 class AnalysisConfig:
     every: int = 0  # analyse every Nth frame; 0: adaptive, holding target_fps analyses per second
     target_fps: float = 6.0
+    idle_fps: float = 2.0  # adaptive mode, while no face is in view: analyses per second (at most target_fps)
     smoothing: float = 0.5  # weight of a face's history in its probabilities (0: none)
     face_margin: float = 0.0  # grow each box by this fraction before classifying
 
@@ -170,6 +171,7 @@ def _check(cfg: Config) -> None:
          f"is {m.runtime!r}; choose litert, tflite-runtime, tensorflow or leave it empty")
     need(a.every >= 0, "analysis.every", "must be 0 (adaptive) or a positive frame count")
     need(a.target_fps > 0, "analysis.target_fps", "must be positive")
+    need(a.idle_fps > 0, "analysis.idle_fps", "must be positive (it is capped at analysis.target_fps)")
     need(0 <= a.smoothing < 1, "analysis.smoothing", "must be in [0, 1)")
     need(0 <= a.face_margin <= 1, "analysis.face_margin", "must be in [0, 1]")
     need(v.segment_seconds >= 1, "video.segment_seconds", "must be at least 1")

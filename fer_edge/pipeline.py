@@ -60,23 +60,30 @@ def crop_face(image: np.ndarray, box: np.ndarray, margin: float, grey: bool) -> 
 
 
 class Scheduler:
-    """Which frames to analyse: every Nth, or adaptively `target_fps` times per second of media."""
+    """Which frames to analyse: every Nth, or adaptively `target_fps` times per second of media,
+    and `idle_fps` times while no face is in view.
 
-    def __init__(self, every: int, target_fps: float):
+    Why idle: with nobody there, every analysis is a full-frame Haar scan, the largest cost left
+    in an empty room; scanning less often delays noticing a newcomer by at most 1 / idle_fps.
+    """
+
+    def __init__(self, every: int, target_fps: float, idle_fps: float | None = None):
         self.every = every
         self.interval = 1.0 / target_fps
-        self._next_ts = -math.inf
+        self.idle_interval = max(self.interval, 1.0 / idle_fps) if idle_fps else self.interval
+        self._due_ts = -math.inf  # when the last analysis was due (media time)
 
-    def due(self, frame: Frame) -> bool:
+    def due(self, frame: Frame, idle: bool = False) -> bool:
         if self.every > 0:
             return frame.index % self.every == 0
-        if frame.timestamp + 1e-6 >= self._next_ts:
-            # Step from the due time so the rate holds; after a gap (dropped frames, a stall)
-            # step from now instead, so the scheduler does not burst to catch up.
-            behind = frame.timestamp - self._next_ts >= self.interval
-            self._next_ts = (frame.timestamp if behind else self._next_ts) + self.interval
-            return True
-        return False
+        interval = self.idle_interval if idle else self.interval
+        next_ts = self._due_ts + interval
+        if frame.timestamp + 1e-6 < next_ts:
+            return False
+        # Step from the due time so the rate holds; after a gap (dropped frames, a stall) step
+        # from now instead, so the scheduler does not burst to catch up.
+        self._due_ts = frame.timestamp if frame.timestamp - next_ts >= interval else next_ts
+        return True
 
 
 def pre_roll_frames(record: str, fps: float, pre_roll_seconds: float) -> int:
@@ -124,7 +131,7 @@ class Pipeline:
         self.source, self.classifier, self.detector = source, classifier, detector
         self.video, self.csv, self.display, self.notifier = video, csv, display, notifier
         self.on_analysis = on_analysis
-        self.scheduler = Scheduler(cfg.analysis.every, cfg.analysis.target_fps)
+        self.scheduler = Scheduler(cfg.analysis.every, cfg.analysis.target_fps, cfg.analysis.idle_fps)
         self.full_scan_interval = cfg.detection.full_scan_seconds
         self._next_full_scan = -math.inf  # media time of the next full-frame scan
         self._last_analysis = -math.inf
@@ -168,7 +175,7 @@ class Pipeline:
                 stage["capture"] += t1 - t0
                 if frame is None:
                     break
-                if self.scheduler.due(frame):  # 2. analyse: faces → predictions
+                if self.scheduler.due(frame, idle=not shown):  # 2. analyse: faces → predictions
                     detected = self._analyse(frame, shown)
                     shown = self.tracker.visible()
                     st.analysed += 1

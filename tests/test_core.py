@@ -153,6 +153,22 @@ def test_scheduler_every_n_and_adaptive_rate():
     assert picked == [0.0, 0.2, 1.5, 1.7]  # resynchronises after the gap, no burst
 
 
+def test_scheduler_slows_to_idle_fps_while_nobody_is_in_view_and_resumes_at_once():
+    clip = frames(300, 30)  # 10 s at 30 fps: a face in view from 4 s to 6 s
+    in_view = lambda f: 4.0 <= f.timestamp < 6.0
+    scheduler = Scheduler(every=0, target_fps=6, idle_fps=2)
+    due = [f.timestamp for f in clip if scheduler.due(f, idle=not in_view(f))]
+    idle_before = [t for t in due if t < 4.0]
+    assert len(idle_before) == 8 and set(np.round(np.diff(idle_before), 3)) == {0.5}  # 2 a second
+    busy = [t for t in due if 4.0 <= t < 6.0]
+    assert busy[0] - 4.0 < 0.5  # the newcomer is analysed within 1 / idle_fps
+    assert len(busy) >= 11 and max(np.diff(busy)) < 0.2  # then 6 a second
+    assert len([t for t in due if t >= 6.0]) == 8
+    assert Scheduler(every=3, target_fps=6, idle_fps=2).due(clip[3], idle=True)  # every N stays literal
+    eager = Scheduler(every=0, target_fps=6, idle_fps=60)  # capped at target_fps
+    assert len([f for f in clip if eager.due(f, idle=True)]) == 60
+
+
 def test_labels_parsing():
     assert parse_labels("kaggle") == KAGGLE_ORDER
     assert parse_labels("fer2013") == FER2013_ORDER

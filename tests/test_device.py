@@ -107,6 +107,23 @@ def test_record_faces_keeps_video_only_around_faces_one_file_per_event(tmp_path)
                    "video.pre_roll_seconds", "memory")
 
 
+def test_idle_fps_analyses_less_while_nobody_is_in_view_and_still_finds_the_face_again(tmp_path):
+    def run(out: str, idle_fps: str) -> tuple[dict, list[dict]]:
+        result = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path / out), "--no-video", "--json",
+                          "--set", f"analysis.idle_fps={idle_fps}")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout), read_csvs(tmp_path / out / "csv")[1]
+
+    eager, eager_rows = run("eager", "6")  # = target_fps: as fast while idle as with a face
+    idle, idle_rows = run("idle", "2")
+    # About 3.5 s of the sample has no face: 6 analyses a second there against 2.
+    assert eager["analysed"] == 60 and eager["analysed"] - idle["analysed"] >= 10
+    # The face is found again after the gap, at most half a second (7 frames) later.
+    return_frame = lambda rows: min(int(r["frame"]) for r in rows if int(r["frame"]) > 93)
+    assert return_frame(eager_rows) <= return_frame(idle_rows) <= return_frame(eager_rows) + 7
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--set", "analysis.idle_fps=0"), 78, "analysis.idle_fps")
+
+
 def test_mirror_average_is_a_config_switch(tmp_path):
     result = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path), "--no-video", "--json",
                       "--set", "model.mirror_average=true")
