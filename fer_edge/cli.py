@@ -59,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 overrides["source.kind"] = "file"
     simple = {"output": "output.directory", "every": "analysis.every", "model": "model.path",
               "threads": "model.num_threads", "detection_width": "detection.width",
-              "segment_seconds": "video.segment_seconds", "record": "video.record"}
+              "segment_seconds": "video.segment_seconds", "record": "video.record", "preview": "preview.listen"}
     for attr, key in simple.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
-    video = csv = display = None
+    video = csv = display = preview = None
     try:
         if cfg.video.enabled:
             v = cfg.video
@@ -143,8 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 retention=Retention(max_files=c.max_files, max_bytes=c.max_total_bytes))
         if cfg.display.enabled:
             display = Display()
+        if cfg.preview.listen:
+            from .preview import PreviewServer
+            preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
     except BaseException:
-        for sink in (video, csv, source):
+        for sink in (video, csv, display, source):
             if sink is not None:
                 sink.close()
         raise
@@ -153,7 +156,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
-                        notifier=Notifier())
+                        preview=preview, notifier=Notifier())
+    if preview is not None:
+        preview.stats = pipeline.counters
+        log(f"preview: {preview.url} (live view), {preview.url}status (JSON)")
     pipeline.install_signal_handlers()
     stats = pipeline.run(max_frames=args.max_frames)
     summary = {
@@ -326,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--segment-seconds", type=float, metavar="S", help="video segment length")
     run.add_argument("--record", metavar="WHEN", help="always (default), or faces: video only while a face is in "
                                                        "view, plus video.pre_roll_seconds / post_roll_seconds")
+    run.add_argument("--preview", metavar="HOST:PORT",
+                     help="serve a live view (MJPEG) and /status JSON, e.g. :8080 (every interface, no password)")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_model_options(run)

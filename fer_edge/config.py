@@ -98,6 +98,12 @@ class DisplayConfig:
 
 
 @dataclass
+class PreviewConfig:
+    listen: str = ""  # HOST:PORT serving the live view and /status; ":8080": every interface; empty: off
+    fps: float = 5.0  # at most this many frames a second to each viewer
+
+
+@dataclass
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -107,6 +113,7 @@ class Config:
     csv: CsvConfig = field(default_factory=CsvConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -151,6 +158,15 @@ def _coerce(where: str, key: str, value: Any, kind: type) -> Any:
     raise ConfigError(f"{where}: {value!r} is not a valid {kind.__name__}")
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port`; `:port` listens on every interface; port 0 takes any free port."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"preview.listen is {listen!r}; write HOST:PORT, e.g. 127.0.0.1:8080, or :8080 for "
+                          "every interface")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
 def _check(cfg: Config) -> None:
     def need(ok: bool, where: str, what: str) -> None:
         if not ok:
@@ -185,6 +201,9 @@ def _check(cfg: Config) -> None:
     need(c.max_files >= 0 and c.max_total_bytes >= 0, "csv retention", "values must be 0 or more")
     need(c.flush_seconds > 0, "csv.flush_seconds", "must be positive")
     need(bool(cfg.output.directory), "output.directory", "must not be empty")
+    if cfg.preview.listen:
+        parse_listen(cfg.preview.listen)
+    need(cfg.preview.fps > 0, "preview.fps", "must be positive")
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:

@@ -124,12 +124,13 @@ class RecordGate:
 
 class Pipeline:
     def __init__(self, cfg: Config, source: Source, classifier: EmotionClassifier, detector: FaceDetector,
-                 *, video=None, csv=None, display=None, notifier=None,
+                 *, video=None, csv=None, display=None, preview=None, notifier=None,
                  on_analysis: Optional[Callable[[Frame, list[FaceResult]], None]] = None):
         self.t_created = time.perf_counter()
         self.cfg = cfg
         self.source, self.classifier, self.detector = source, classifier, detector
         self.video, self.csv, self.display, self.notifier = video, csv, display, notifier
+        self.preview = preview
         self.on_analysis = on_analysis
         self.scheduler = Scheduler(cfg.analysis.every, cfg.analysis.target_fps, cfg.analysis.idle_fps)
         self.full_scan_interval = cfg.detection.full_scan_seconds
@@ -187,13 +188,16 @@ class Pipeline:
                         self.csv.write(frame.wall_time, frame.index, detected)
                     if self.on_analysis is not None:
                         self.on_analysis(frame, detected)
+                    if self.preview is not None:
+                        self.preview.publish_results(frame.wall_time, shown)
                     stage["log"] += clock() - t2
                 st.frames_with_faces += bool(shown)
-                # 3. sinks; pixels are touched only for a frame that is recorded, held or shown
+                # 3. sinks; pixels are touched only for a frame that is recorded, held or watched
                 t3 = clock()
                 keep = self.video is not None and self._gate_recording(frame, bool(shown))
                 stage["encode"] += clock() - t3  # a pre-roll flush is queued for encoding here
-                if keep or self.display is not None:
+                watched = self.preview is not None and self.preview.watched
+                if keep or watched or self.display is not None:
                     t3 = clock()
                     self.annotator.draw(frame.image, shown, fps_window.rate)
                     t4 = clock()
@@ -203,6 +207,8 @@ class Pipeline:
                         st.recorded += 1
                     elif keep:
                         self.gate.pre_roll.append(frame.image)
+                    if watched:
+                        self.preview.publish_frame(frame.image)  # encoded on the preview's thread
                     t5 = clock()
                     stage["encode"] += t5 - t4
                     if self.display is not None and not self.display.show(frame.image):
@@ -266,6 +272,12 @@ class Pipeline:
                 self.stats.recorded += 1
         return self.gate.keeps_frame
 
+    def counters(self) -> dict:
+        """The run so far, for the preview's /status (read from another thread: plain ints)."""
+        st = self.stats
+        return {"frames": st.frames, "analysed": st.analysed, "faces": st.faces, "recorded": st.recorded,
+                "events": st.events, "dropped": self.source.dropped}
+
     def status_line(self, elapsed: float) -> str:
         st = self.stats
         return (f"frames {st.frames}, {st.frames / max(elapsed, 1e-9):.1f} fps, analysed {st.analysed}, "
@@ -277,7 +289,7 @@ class Pipeline:
         if self.notifier is not None:
             self.notifier.stopping()
         errors = []
-        for sink in (self.video, self.csv, self.display, self.source):
+        for sink in (self.video, self.csv, self.display, self.preview, self.source):
             if sink is None:
                 continue
             try:

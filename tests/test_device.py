@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, requires_shared
+from fer_edge.labels import EMOTIONS
 VIDEOS = SHARED / "data" / "videos"
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
 
@@ -269,6 +272,62 @@ def test_daemon_lifecycle_notify_sighup_sigterm(tmp_path):
     files, rows = read_csvs(csv_dir)
     assert len(files) == 2 and rows and all(r["p_happy"] for r in rows)
     assert all(f.read_text().startswith("timestamp,") and f.read_text().endswith("\n") for f in files)
+
+
+def test_preview_serves_the_live_view_status_and_snapshots_over_http(tmp_path):
+    """A headless device's live view, fetched by a real HTTP client from a running `fer-edge run`."""
+    proc = subprocess.Popen([sys.executable, "-m", "fer_edge", "run", "--source", str(SAMPLE), "--realtime",
+                             "--output", str(tmp_path), "--no-video", "--preview", "127.0.0.1:0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stderr:  # the bound port (0: any free one) is in the log
+            if line.startswith("fer-edge: preview: "):
+                url = line.split()[2]
+                break
+        assert url and url.startswith("http://127.0.0.1:"), "no preview URL logged"
+        time.sleep(1.0)  # the astronaut's face is in view for the first 4 s
+        with urllib.request.urlopen(url + "status", timeout=10) as response:
+            status = json.load(response)
+        assert status["source"] == "sample_faces.mp4" and status["stats"]["analysed"] > 0
+        face, = status["faces"]
+        assert face["emotion"] == "happy" and set(face["probabilities"]) == set(EMOTIONS)
+        assert datetime.fromisoformat(status["analysed_at"]).utcoffset() is not None
+        with urllib.request.urlopen(url + "snapshot.jpg", timeout=10) as response:
+            snapshot = cv2.imdecode(np.frombuffer(response.read(), np.uint8), cv2.IMREAD_COLOR)
+        assert snapshot.shape == (360, 480, 3)
+        with urllib.request.urlopen(url + "stream.mjpg", timeout=10) as response:
+            boundary = response.headers["Content-Type"].split("boundary=")[1]
+            frames = []
+            while len(frames) < 3:
+                assert response.readline().strip() == f"--{boundary}".encode()
+                headers = dict(line.decode().strip().split(": ", 1) for line in iter(response.readline, b"\r\n"))
+                assert headers["Content-Type"] == "image/jpeg"
+                frames.append(cv2.imdecode(np.frombuffer(response.read(int(headers["Content-Length"])), np.uint8),
+                                           cv2.IMREAD_COLOR))
+                response.readline()
+        assert all(f is not None and f.shape == (360, 480, 3) for f in frames)
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url + "etc/passwd", timeout=10)
+        assert missing.value.code == 404
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Nobody watching and no video: the loop never draws.
+    quiet = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path / "quiet"), "--no-video", "--json",
+                     "--preview", "127.0.0.1:0")
+    assert quiet.returncode == 0, quiet.stderr
+    assert json.loads(quiet.stdout)["stage_ms_per_frame"]["annotate"] == 0
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--preview", "8080"), 78, "preview.listen", "HOST:PORT")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        one_line_error(fer_edge("run", "--source", str(SAMPLE), "--preview", f"127.0.0.1:{taken.getsockname()[1]}"),
+                       78, "preview.listen", "another port")
+    finally:
+        taken.close()
 
 
 # --- errors a user can make --------------------------------------------------------------------
