@@ -239,29 +239,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .datasets import load_faces
-    from .metrics import classification_report, format_report
+    from .metrics import classification_report, format_paired, format_report, paired_comparison
     from .runtime import EmotionClassifier, fit_faces
 
+    def open_model(path: Path, overrides: dict) -> EmotionClassifier:
+        return EmotionClassifier(path, num_threads=args.threads, runtime=args.runtime,
+                                 mirror_average=args.mirror_average, **overrides)
+
+    def predict_names(classifier: EmotionClassifier) -> np.ndarray:
+        """Each face's predicted label name: two models may order their labels differently."""
+        fitted = fit_faces(faces.images, classifier.info)
+        predicted = np.concatenate([classifier.predict(fitted[i:i + 256]).argmax(1)
+                                    for i in range(0, len(fitted), 256)])
+        return np.asarray(classifier.labels)[predicted]
+
     path = resolve_model(args.model)
-    classifier = EmotionClassifier(path, num_threads=args.threads, runtime=args.runtime,
-                                   mirror_average=args.mirror_average, **model_overrides(args))
+    classifier = open_model(path, model_overrides(args))
+    other = None
+    if args.against:
+        other_path = resolve_model(args.against)
+        other = open_model(other_path, {})  # --labels / --input-range describe MODEL only
+        if set(other.labels) != set(classifier.labels):
+            raise DataError(f"--against {other_path.name} has labels {', '.join(other.labels)}, but {path.name} has "
+                            f"{', '.join(classifier.labels)}; compare models of the same emotions")
     faces = load_faces(args.dataset, usage=args.usage, limit=args.limit, strict=args.strict,
                        warn=lambda m: log(f"warning: {m}"))
     labels = classifier.labels
     unknown = sorted({n for n in faces.names() if n not in labels})
     if unknown:
         raise DataError(f"{args.dataset} has classes the model does not know: {', '.join(unknown)}")
-    truth = np.asarray([labels.index(n) for n in faces.names()])
-    fitted = fit_faces(faces.images, classifier.info)
-    predicted = np.concatenate([classifier.predict(fitted[i:i + 256]).argmax(1)
-                                for i in range(0, len(fitted), 256)])
+    index = {name: i for i, name in enumerate(labels)}
+    truth = np.asarray([index[n] for n in faces.names()])
+    predicted = np.asarray([index[n] for n in predict_names(classifier)])
     report = classification_report(truth, predicted, labels)
     report.update({"model": str(path), "dataset": str(args.dataset), "runtime": classifier.runtime_name,
                    "mirror_average": classifier.mirror_average})
+    if other is not None:
+        other_predicted = np.asarray([index[n] for n in predict_names(other)])
+        report["against"] = {"model": str(other_path), **paired_comparison(truth, predicted, other_predicted)}
     if args.json:
         print(json.dumps(report))
     else:
         print(format_report(report, f"{path.name} on {args.dataset} ({classifier.runtime_name})"))
+        if other is not None:
+            print(format_paired(report["against"], path.name, other_path.name))
     return 0
 
 
@@ -352,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", metavar="MODEL.tflite")
     ev.add_argument("dataset", type=Path, metavar="PATH", help="FER2013 folder (<class>/*.jpg) or fer2013.csv")
     ev.add_argument("--json", action="store_true", help="one JSON object: accuracy, per_class, confusion, samples")
+    ev.add_argument("--against", metavar="OTHER.tflite",
+                    help="also run OTHER (with fer-edge metadata) on the same faces and test whether the two "
+                         "really differ (McNemar)")
     ev.add_argument("--usage", metavar="NAME", help="with a fer2013.csv: only rows with this Usage")
     ev.add_argument("--limit", type=int, metavar="N", help="a stratified sample of N faces")
     ev.add_argument("--strict", action="store_true", help="refuse a CSV with bad rows instead of skipping them")

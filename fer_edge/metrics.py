@@ -1,6 +1,7 @@
 """Classification figures shared by fer-convert (float vs int8) and fer-edge evaluate."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,6 +38,35 @@ def classification_report(truth: np.ndarray, predicted: np.ndarray,
         "classes": list(classes),
         "confusion": matrix.tolist(),
     }
+
+
+def paired_comparison(truth: np.ndarray, predicted: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """McNemar's test of two models on the same faces: only the faces exactly one gets right count.
+
+    Why: two models that share most answers differ far less by chance than their separate
+    accuracies' noise suggests, so a 0.5-point gap can be real or a coin flip; this says which.
+    """
+    right, other_right = predicted == truth, other == truth
+    only_this, only_other = int((right & ~other_right).sum()), int((other_right & ~right).sum())
+    n = only_this + only_other
+    # exact two-sided binomial p under "either is as likely to be the one that is right"
+    tail = sum(math.comb(n, k) for k in range(min(only_this, only_other) + 1)) / 2 ** n if n else 1.0
+    return {
+        "accuracy": float(right.mean()), "other_accuracy": float(other_right.mean()),
+        "only_this_right": only_this, "only_other_right": only_other,
+        "same_answer": float((predicted == other).mean()),
+        "mcnemar_z": round((only_this - only_other) / math.sqrt(n), 3) if n else 0.0,
+        "p_value": round(min(1.0, 2 * tail), 6),
+    }
+
+
+def format_paired(paired: dict[str, Any], this: str, other: str) -> str:
+    verdict = ("a real difference (p < 0.05)" if paired["p_value"] < 0.05 else
+               "no real difference (p >= 0.05): a coin could split them so")
+    return (f"against {other}: {paired['accuracy'] * 100:.2f}% vs {paired['other_accuracy'] * 100:.2f}%; "
+            f"same answer on {paired['same_answer'] * 100:.1f}% of faces; only {this} right on "
+            f"{paired['only_this_right']}, only {other} on {paired['only_other_right']}; McNemar z = "
+            f"{paired['mcnemar_z']:.2f}, p = {paired['p_value']:.3g}: {verdict}")
 
 
 def format_report(report: dict[str, Any], title: str = "") -> str:

@@ -11,6 +11,7 @@ from fer_edge.errors import DataError
 from fer_edge.labels import FER2013_ORDER, KAGGLE_ORDER, parse_labels
 from fer_edge.metrics import classification_report
 from fer_edge.modelmeta import ModelInfo, read_metadata_blobs, read_model_info
+from fer_edge.metrics import paired_comparison
 from fer_edge.pipeline import Scheduler
 from fer_edge.resources import DEFAULT_MODEL, MINI_XCEPTION_MODEL, resolve_model
 from fer_edge.runtime import EmotionClassifier, quantization_lut
@@ -167,6 +168,22 @@ def test_scheduler_slows_to_idle_fps_while_nobody_is_in_view_and_resumes_at_once
     assert Scheduler(every=3, target_fps=6, idle_fps=2).due(clip[3], idle=True)  # every N stays literal
     eager = Scheduler(every=0, target_fps=6, idle_fps=60)  # capped at target_fps
     assert len([f for f in clip if eager.due(f, idle=True)]) == 60
+
+
+def test_paired_comparison_counts_only_the_faces_one_model_alone_gets_right():
+    truth = np.array([0, 1, 2, 3, 4, 5, 6, 0])
+    a = np.array([0, 1, 2, 3, 0, 0, 0, 1])  # right on the first 4
+    b = np.array([0, 1, 2, 0, 0, 0, 0, 1])  # right on the first 3
+    same = paired_comparison(truth, a, a)
+    assert (same["only_this_right"], same["only_other_right"], same["p_value"], same["same_answer"]) == (0, 0, 1.0, 1.0)
+    one = paired_comparison(truth, a, b)
+    assert (one["only_this_right"], one["only_other_right"]) == (1, 0)
+    assert one["accuracy"] == 0.5 and one["other_accuracy"] == 0.375 and one["p_value"] == 1.0  # 1 vs 0: chance
+    c = np.array([1, 2, 3, 4, 0, 0, 0, 1])  # right on none of the faces a gets right
+    four = paired_comparison(truth, a, c)
+    assert (four["only_this_right"], four["only_other_right"]) == (4, 0)
+    assert four["p_value"] == 0.125 and four["mcnemar_z"] == 2.0  # 2 x (1/2)^4; 4 / sqrt(4)
+    assert paired_comparison(truth, c, a)["mcnemar_z"] == -2.0
 
 
 def test_labels_parsing():

@@ -472,6 +472,29 @@ def test_evaluate_on_device_without_tensorflow():
 
 
 @requires_shared
+def test_evaluate_against_another_model_tests_the_difference_on_the_same_faces():
+    test = str(SHARED / "data" / "fer2013" / "test")
+    result = fer_edge("evaluate", "models/fer_default.tflite", test, "--against", "models/mini_xception_int8.tflite",
+                      "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    paired = report["against"]
+    # mini-Xception lists its labels in FER2013 order, ours alphabetically: the comparison must
+    # map them, and then reproduce each model's own shipped accuracy exactly.
+    shipped = lambda name: json.loads((ROOT / "models" / name).read_text())["evaluation"]["tflite"]["accuracy"]
+    assert paired["accuracy"] == report["accuracy"] == shipped("fer_default_report.json")
+    assert paired["other_accuracy"] == shipped("mini_xception_report.json")
+    right_a, right_b = round(paired["accuracy"] * 3589), round(paired["other_accuracy"] * 3589)
+    assert paired["only_this_right"] - paired["only_other_right"] == right_a - right_b
+    assert paired["mcnemar_z"] > 3 and paired["p_value"] < 0.001  # 3 points on 3,589 faces: real
+    text = fer_edge("evaluate", "models/fer_default.tflite", test, "--against", "models/fer_default.tflite")
+    assert text.returncode == 0 and "no real difference" in text.stdout.splitlines()[-1]
+    peer = str(SHARED / "data" / "models" / "fer_pkg_dynamic_range.tflite")  # --labels describe it, not OTHER
+    one_line_error(fer_edge("evaluate", peer, test, "--labels", "angry,disgust,fear,happy,sad,surprise,contempt",
+                            "--input-range=-1,1", "--against", "models/fer_default.tflite"), 65, "--against", "labels")
+
+
+@requires_shared
 def test_evaluate_a_plain_tflite_needs_labels_and_then_matches():
     peer = str(SHARED / "data" / "models" / "fer_pkg_dynamic_range.tflite")  # no fer-edge metadata
     one_line_error(fer_edge("evaluate", peer, str(SHARED / "data" / "fer2013_publictest.csv")), 65,
