@@ -119,6 +119,23 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
             "--display needs opencv-python or apt python3-opencv)"
     check("display", display)
 
+    def preview():
+        import socket
+
+        from .config import parse_listen
+        cfg = cfg_holder.get("cfg")
+        if cfg is None or not cfg.preview.listen:
+            return OK, "off (preview.listen = \":8080\" serves a live view to a browser)"
+        host, port = parse_listen(cfg.preview.listen)
+        with socket.socket() as probe:  # what the preview server will do at start
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                return FAIL, (f"{cfg.preview.listen}: cannot listen ({exc.strerror or exc}); "
+                              "choose another preview.listen port")
+        return OK, f"{cfg.preview.listen} is free; no password, so keep it on a trusted network"
+    check("preview", preview)
+
     width = max(len(name) for _, name, _ in results)
     for status, name, detail in results:
         print(f"[{status:>4}] {name:<{width}}  {detail}")

@@ -525,3 +525,12 @@ def test_doctor_reports_each_check():
         assert name in result.stdout
     broken = fer_edge("doctor", "--model", "/nonexistent/model.tflite")
     assert broken.returncode == 1 and "[FAIL] model" in broken.stdout
+    assert "[  ok] preview" in result.stdout and "off" in result.stdout
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        busy = fer_edge("doctor", "--set", f"preview.listen=127.0.0.1:{taken.getsockname()[1]}")
+    finally:
+        taken.close()
+    assert busy.returncode == 1 and "[FAIL] preview" in busy.stdout and "another preview.listen port" in busy.stdout
