@@ -128,6 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = open_source(cfg.source, cfg.detection.width)
     video = csv = display = preview = None
     try:
+        if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
+            from .preview import PreviewServer
+            preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
         if cfg.video.enabled:
             v = cfg.video
             # room for a whole pre-roll, so flushing it when a face appears does not stall capture
@@ -143,11 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 retention=Retention(max_files=c.max_files, max_bytes=c.max_total_bytes))
         if cfg.display.enabled:
             display = Display()
-        if cfg.preview.listen:
-            from .preview import PreviewServer
-            preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
     except BaseException:
-        for sink in (video, csv, display, source):
+        for sink in (preview, video, csv, display, source):
             if sink is not None:
                 sink.close()
         raise

@@ -324,8 +324,10 @@ def test_preview_serves_the_live_view_status_and_snapshots_over_http(tmp_path):
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     try:
-        one_line_error(fer_edge("run", "--source", str(SAMPLE), "--preview", f"127.0.0.1:{taken.getsockname()[1]}"),
-                       78, "preview.listen", "another port")
+        busy = tmp_path / "busy"
+        one_line_error(fer_edge("run", "--source", str(SAMPLE), "--output", str(busy),
+                                "--preview", f"127.0.0.1:{taken.getsockname()[1]}"), 78, "preview.listen", "another port")
+        assert not list(busy.rglob("*.*"))  # refused before any output file was opened
     finally:
         taken.close()
 
