@@ -316,7 +316,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if not files:
         raise InputMissing(f"no CSV files in {', '.join(map(str, paths))}; `fer-edge run` writes them to "
                            "OUTPUT/csv (the service: /var/lib/fer-edge/csv)")
-    summary = summarise(files, by=args.by, since=args.since or "")
+    if args.gap <= 0:
+        raise UsageError(f"--gap {args.gap:g}: give a positive number of seconds, e.g. 60")
+    summary = summarise(files, by=args.by, since=args.since or "", gap=args.gap)
     for name, count in summary.skipped.items():
         log(f"warning: skipped {count} unreadable row(s) in {name}")
     if args.json:
@@ -334,6 +336,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .summary import VISIT_GAP_SECONDS  # stdlib only: cheap at start-up
+
     p = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n\n")[0] if __doc__ else None,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run 'fer-edge COMMAND --help' for a command's options.")
@@ -405,7 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     summ = sub.add_parser("summary", help="emotions logged per hour or day, from the CSV files")
     summ.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                       help="CSV files or folders (default: the csv/ folder of output.directory)")
-    summ.add_argument("--by", choices=("hour", "day", "all"), default="day", help="period to count by (default day)")
+    summ.add_argument("--by", choices=("hour", "day", "visit", "all"), default="day",
+                      help="period to count by (default day); visit: each stretch of faces with no pause over --gap")
+    summ.add_argument("--gap", type=float, default=VISIT_GAP_SECONDS, metavar="S",
+                      help=f"--by visit: a pause longer than this many seconds starts a new visit "
+                           f"(default {VISIT_GAP_SECONDS:g})")
     summ.add_argument("--since", metavar="ISO", help="leave out rows before this date or time, e.g. 2026-11-01")
     summ.add_argument("--json", action="store_true", help="one JSON object")
     add_config_options(summ)

@@ -2,21 +2,25 @@
 
 Reads the rolling CSV files `fer-edge run` writes (any number, in name order, which is time
 order), streams them row by row (memory grows with the number of periods, not rows) and counts,
-per hour, day or the whole span, how many analyses logged each emotion. Rows that cannot be read
-are counted and reported, never silently dropped.
+per hour, day, visit or the whole span, how many analyses logged each emotion. A visit is a run
+of logged faces with no pause longer than `gap` seconds: when someone was there, and how they
+looked. Rows that cannot be read are counted and reported, never silently dropped.
 """
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import DataError, InputMissing
 from .labels import EMOTIONS
 
-PERIODS = {"hour": 13, "day": 10, "all": 0}  # characters of the ISO timestamp that name the period
+PERIODS = {"hour": 13, "day": 10, "all": 0, "visit": 19}  # characters of the ISO timestamp naming a period
+VISIT_GAP_SECONDS = 60.0
 REQUIRED = ("timestamp", "emotion")
 
 
@@ -32,8 +36,14 @@ class Period:
     def share(self, emotion: str) -> float:
         return self.emotions[emotion] / self.analyses if self.analyses else 0.0
 
+    @property
+    def seconds(self) -> float:
+        """From the first logged face to the last."""
+        return (datetime.fromisoformat(self.last) - datetime.fromisoformat(self.first)).total_seconds()
+
     def to_json(self, emotions: Sequence[str]) -> dict:
-        return {"period": self.name, "first": self.first, "last": self.last, "analyses": self.analyses,
+        return {"period": self.name, "first": self.first, "last": self.last, "seconds": round(self.seconds, 3),
+                "analyses": self.analyses,
                 "minutes_with_faces": len(self.minutes), "counts": {e: self.emotions[e] for e in emotions},
                 "share": {e: round(self.share(e), 4) for e in emotions},
                 "dominant": self.emotions.most_common(1)[0][0] if self.analyses else None}
@@ -53,12 +63,17 @@ class Summary:
 
     def table(self) -> str:
         short = [e[:4] for e in self.emotions]
-        head = f"{'period':<16} {'analyses':>9} {'minutes':>7} " + " ".join(f"{s:>6}" for s in short) + "  dominant"
+        visits = self.by == "visit"  # a visit's length says more than its count of minutes
+        first, span = ("visit start", "seconds") if visits else ("period", "minutes")
+        width = 19 if visits else 16
+        head = (f"{first:<{width}} {'analyses':>9} {span:>7} " + " ".join(f"{s:>6}" for s in short)
+                + "  dominant")
         lines = [head]
         for p in self.periods:
             shares = " ".join(f"{p.share(e) * 100:5.1f}%" for e in self.emotions)
             dominant = p.emotions.most_common(1)[0][0] if p.analyses else "-"
-            lines.append(f"{p.name:<16} {p.analyses:>9} {len(p.minutes):>7} {shares}  {dominant}")
+            length = f"{p.seconds:7.0f}" if visits else f"{len(p.minutes):>7}"
+            lines.append(f"{p.name:<{width}} {p.analyses:>9} {length} {shares}  {dominant}")
         return "\n".join(lines)
 
 
@@ -76,14 +91,18 @@ def csv_files(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def summarise(files: Iterable[Path], by: str = "day", since: str = "") -> Summary:
+def summarise(files: Iterable[Path], by: str = "day", since: str = "",
+              gap: float = VISIT_GAP_SECONDS) -> Summary:
     """Counts per period of the emotion each logged analysis gave. `since`: an ISO date or time
-    prefix; earlier rows are left out (ISO timestamps compare as strings)."""
+    prefix; earlier rows are left out (ISO timestamps compare as strings). `gap`: with by="visit",
+    a pause longer than this many seconds starts a new visit."""
     if by not in PERIODS:
         raise ValueError(f"by must be one of {', '.join(PERIODS)}")
     cut = PERIODS[by]
     files = list(files)
     periods: dict[str, Period] = {}
+    visits: list[Period] = []
+    last_seen = -math.inf  # epoch seconds of the previous row, for visits
     extra: list[str] = []  # emotions beyond the seven (a custom model's labels), in order of appearance
     skipped: dict[str, int] = {}
     for path in files:
@@ -106,10 +125,21 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "") -> Summar
                     continue
                 if since and stamp < since:
                     continue
-                key = stamp[:cut] if cut else "all"
-                period = periods.get(key)
-                if period is None:
-                    period = periods[key] = Period(key, first=stamp, last=stamp)
+                if by == "visit":
+                    try:
+                        seen = datetime.fromisoformat(stamp).timestamp()
+                    except ValueError:
+                        bad += 1
+                        continue
+                    if seen - last_seen > gap:
+                        visits.append(Period(stamp[:cut], first=stamp, last=stamp))
+                    last_seen = max(last_seen, seen)
+                    period = visits[-1]
+                else:
+                    key = stamp[:cut] if cut else "all"
+                    period = periods.get(key)
+                    if period is None:
+                        period = periods[key] = Period(key, first=stamp, last=stamp)
                 period.analyses += 1
                 period.emotions[emotion] += 1
                 period.minutes.add(stamp[:16])
@@ -121,4 +151,5 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "") -> Summar
                     extra.append(emotion)
             if bad:
                 skipped[str(path)] = bad
-    return Summary(by, [periods[k] for k in sorted(periods)], files, list(EMOTIONS) + extra, skipped)
+    found = visits if by == "visit" else [periods[k] for k in sorted(periods)]
+    return Summary(by, found, files, list(EMOTIONS) + extra, skipped)

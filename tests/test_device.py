@@ -79,6 +79,11 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     assert period["first"] == rows[0]["timestamp"] and period["last"] == rows[-1]["timestamp"]
     table = fer_edge("summary", str(tmp_path / "csv"))
     assert table.returncode == 0 and table.stdout.splitlines()[1].split()[1] == str(len(rows))
+    visits = fer_edge("summary", str(tmp_path / "csv"), "--by", "visit", "--json")
+    assert visits.returncode == 0, visits.stderr
+    visit, = json.loads(visits.stdout)["periods"]  # a 10 s clip: the face's 2 s away is no new visit
+    assert visit["analyses"] == len(rows) and visit["first"] == rows[0]["timestamp"]
+    one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--by", "visit", "--gap", "0"), 64, "--gap")
     one_line_error(fer_edge("summary", str(tmp_path / "nothing")), 66, "nothing", "csv/")
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--since", "yesterday"), 64, "--since")
 

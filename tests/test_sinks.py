@@ -395,6 +395,15 @@ def test_summary_counts_per_hour_across_rotated_files_and_reports_a_cut_row(tmp_
     later = datetime.fromtimestamp(start + 3000).astimezone().isoformat()[:16]
     assert [p.analyses for p in summarise(csv_files([tmp_path]), by="day", since=later).periods] == [2]
 
+    # Visits: faces logged at +10, +70 and +130 s are one (no pause over 60 s); +2000 and +3700 are two more.
+    visits = summarise(csv_files([tmp_path]), by="visit")
+    assert [(v.analyses, v.emotions["happy"]) for v in visits.periods] == [(6, 4), (2, 2), (2, 0)]
+    assert visits.periods[0].first[:19] == datetime.fromtimestamp(start + 10).astimezone().isoformat()[:19]
+    assert visits.periods[0].last[:19] == datetime.fromtimestamp(start + 130).astimezone().isoformat()[:19]
+    assert visits.skipped == {str(log.files[-1]): 1}
+    assert [v.analyses for v in summarise(csv_files([tmp_path]), by="visit", gap=30).periods] == [2, 2, 2, 2, 2]
+    assert visits.table().splitlines()[0].startswith("visit start")
+
 
 def test_summary_refuses_a_csv_that_is_not_an_emotion_log(tmp_path: Path) -> None:
     from fer_edge.errors import DataError
