@@ -52,6 +52,8 @@ class PreviewServer:
         self._faces: list[FaceResult] = []
         self._analysed_at: float | None = None
         self._watchers = 0
+        self._encode_lock = threading.Lock()
+        self._encoded: tuple[int, bytes] = (0, b"")  # (frame seq, JPEG) of the last encoded frame
         self._closing = False
         try:
             self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -98,11 +100,15 @@ class PreviewServer:
                 return self._frame, self._frame_seq
             return None, after_seq
 
-    def _jpeg(self, image: np.ndarray) -> bytes:
-        ok, data = cv2.imencode(".jpg", image, self._jpeg_params)
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return data.tobytes()
+    def _jpeg(self, image: np.ndarray, seq: int) -> bytes:
+        """The frame as JPEG, encoded once however many viewers want it."""
+        with self._encode_lock:
+            if self._encoded[0] != seq:
+                ok, data = cv2.imencode(".jpg", image, self._jpeg_params)
+                if not ok:
+                    raise RuntimeError("JPEG encoding failed")
+                self._encoded = (seq, data.tobytes())
+            return self._encoded[1]
 
     def status(self) -> dict:
         faces, analysed_at = self._faces, self._analysed_at
@@ -154,13 +160,13 @@ class PreviewServer:
             def _snapshot(self) -> None:
                 self._watch(+1)
                 try:
-                    image, _ = server._next_frame(server._frame_seq, timeout=3.0)
+                    image, seq = server._next_frame(server._frame_seq, timeout=3.0)
                 finally:
                     self._watch(-1)
                 if image is None:
                     self._send(503, b"no frame within 3 s: is the source delivering?\n", "text/plain")
                 else:
-                    self._send(200, server._jpeg(image), "image/jpeg")
+                    self._send(200, server._jpeg(image, seq), "image/jpeg")
 
             def _stream(self) -> None:
                 self.send_response(200)
@@ -178,7 +184,7 @@ class PreviewServer:
                         if image is None:
                             continue
                         next_at = time.monotonic() + server.period
-                        data = server._jpeg(image)
+                        data = server._jpeg(image, seq)
                         self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                                          f"Content-Length: {len(data)}\r\n\r\n".encode() + data + b"\r\n")
                 except (BrokenPipeError, ConnectionResetError):
