@@ -180,9 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if video:
             events = (f"; {stats.recorded} of {stats.frames} frames recorded, in {stats.events} event(s) "
                       "with a face in view" if cfg.video.record == "faces" else "")
-            log(f"video: {len(video.segments)} segment(s) in {out / 'video'}{events}")
+            log(f"video: {video.finished} segment(s) in {out / 'video'}{events}")
         if csv:
-            log(f"csv: {csv.rows_written} row(s) in {len(csv.files)} file(s) in {out / 'csv'}")
+            log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}")
     return 0
 
 

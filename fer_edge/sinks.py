@@ -111,6 +111,14 @@ def _open_writer(path: Path, codec: str, fps: float, frame_size: tuple[int, int]
     return writer
 
 
+RECENT_FILES = 1000  # file names a sink remembers for its run summary
+
+
+def _remember(names: list[Path], path: Path) -> None:
+    names.append(path)
+    del names[:-RECENT_FILES]  # a months-long run must not grow this without bound
+
+
 _CUT = object()  # queued by new_segment(): the writer thread finishes the open segment there
 
 
@@ -122,8 +130,9 @@ class SegmentedVideoWriter:
     is full rather than dropping frames. A writer-thread error is raised (as OutputError) by the
     next `write` or `close`, and every later `write` fails too.
 
-    Counters: frames_written (encoded), segments (every finished file in order, including ones
-    retention deleted since), deleted (segments retention removed).
+    Counters: frames_written (encoded), finished (segments completed), segments (the newest
+    RECENT_FILES finished files in order, including ones retention deleted since; bounded, as a
+    daemon runs for months), deleted (segments retention removed).
     """
 
     def __init__(self, directory: Path, frame_size: tuple[int, int], fps: float, *, segment_seconds: float,
@@ -142,6 +151,7 @@ class SegmentedVideoWriter:
         self.frames_per_segment = max(1, round(segment_seconds * fps))
         self.pattern = _NAME_GLOB.format(prefix=prefix, ext=self.extension)
         self.frames_written = 0
+        self.finished = 0
         self.segments: list[Path] = []
         self.deleted = 0
         _make_dir(self.directory, "video")
@@ -265,7 +275,8 @@ class SegmentedVideoWriter:
         if partial.stat().st_size == 0:
             raise OutputError(f"video segment {partial} is empty after {count} frames; is the disk full?")
         os.replace(partial, final)
-        self.segments.append(final)
+        _remember(self.segments, final)
+        self.finished += 1
         # the newest segment stays even when it alone exceeds max_bytes
         self.deleted += len(self.retention.enforce(self.directory, self.pattern, protect=final))
 
@@ -294,7 +305,8 @@ class RollingCsvLog:
         self.prefix = prefix
         self.pattern = _NAME_GLOB.format(prefix=prefix, ext=".csv")
         self.rows_written = 0
-        self.files: list[Path] = []
+        self.opened = 0  # files started
+        self.files: list[Path] = []  # the newest RECENT_FILES: bounded over months
         self._clock = clock
         # Columns in the fixed EMOTIONS order whatever the model's order, so files from different
         # models line up; -1: the model lacks that emotion (empty cell).
@@ -390,7 +402,8 @@ class RollingCsvLog:
             raise OutputError(f"cannot create CSV log {path} ({exc.strerror or exc}); "
                               "check permissions and free space of output.directory") from None
         self._path, self._opened_at, self._last_flush = path, now, now
-        self.files.append(path)
+        _remember(self.files, path)
+        self.opened += 1
         self._unwritten = self._header
         self._size = len(self._header)
         self._write_out()

@@ -107,6 +107,20 @@ def test_segments_by_media_time_are_complete_decodable_files(tmp_path: Path) -> 
     assert [decoded_frames(p) for p in writer.segments] == [20, 20, 15]
 
 
+def test_sinks_remember_only_the_newest_file_names_over_a_long_run(tmp_path: Path, monkeypatch) -> None:
+    # A daemon runs for months: the names kept for the run summary must not grow without bound.
+    import fer_edge.sinks as sinks
+    monkeypatch.setattr(sinks, "RECENT_FILES", 2)
+    writer = record(tmp_path / "video", 55)  # 3 segments
+    assert writer.finished == 3 and len(writer.segments) == 2
+    assert writer.segments == sorted((tmp_path / "video").iterdir())[1:]
+    log = csv_log(tmp_path / "csv", Clock(), max_bytes=700)
+    for i in range(40):
+        log.write(1_800_000_000.0 + i, i, [face(i)])
+    log.close()
+    assert log.opened > 3 and log.files == sorted((tmp_path / "csv").iterdir())[-2:]
+
+
 def test_new_segment_cuts_after_the_queued_frames(tmp_path: Path) -> None:
     """SIGHUP's video half: the open segment ends where it was asked to, the next frame opens a
     new one, and asking again with no segment open makes no empty file."""
