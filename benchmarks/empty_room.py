@@ -22,6 +22,8 @@ from pathlib import Path
 
 import cv2
 
+from fer_edge.sources import decode_all
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
 NO_FACE_FRAMES = range(55, 99)  # the sample's frames with no face (fer-edge run --every 1 finds none)
@@ -35,18 +37,8 @@ VARIANTS = {
 
 
 def empty_room_clip(path: Path, seconds: float = 120.0) -> Path:
-    cap = cv2.VideoCapture(str(SAMPLE))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    index = 0
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        if index in NO_FACE_FRAMES:
-            frames.append(image)
-        index += 1
-    cap.release()
+    every, fps = decode_all(SAMPLE)
+    frames = [every[i] for i in NO_FACE_FRAMES]
     loop = frames + frames[-2:0:-1]  # ping-pong: no jump cut for the encoder
     height, width = frames[0].shape[:2]
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))

@@ -20,20 +20,14 @@ from pathlib import Path
 
 import cv2
 
+from fer_edge.sources import decode_all
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
 
 
 def long_clip(path: Path, minutes: float) -> int:
-    cap = cv2.VideoCapture(str(SAMPLE))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        frames.append(image)
-    cap.release()
+    frames, fps = decode_all(SAMPLE)
     height, width = frames[0].shape[:2]
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     total = round(minutes * 60 * fps)

@@ -30,7 +30,7 @@ from fer_edge.detector import FaceDetector
 from fer_edge.pipeline import Pipeline
 from fer_edge.resources import MINI_XCEPTION_MODEL, find_resource
 from fer_edge.runtime import EmotionClassifier
-from fer_edge.sources import Frame, Source
+from fer_edge.sources import Frame, Source, decode_all
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import quality  # noqa: E402
@@ -64,19 +64,6 @@ def reference_for(video: Path, cache: Path) -> dict:
             subprocess.run([sys.executable, str(HERE / "contenders.py"), "reference", str(video), "--output", tmp,
                             "--result", str(path)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(path.read_text())
-
-
-def decode(video: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(video))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        frames.append(image)
-    cap.release()
-    return frames, fps
 
 
 def run_once(frames, fps, name, overrides: dict, classifier: EmotionClassifier) -> dict:
@@ -129,7 +116,7 @@ def main(argv=None) -> int:
     rows = []
     for video in args.videos:
         ref = reference_for(video, args.cache)
-        frames, fps = decode(video)
+        frames, fps = decode_all(video)
         for values in itertools.product(*[vals for _, vals in grid]):
             setting = dict(zip([k for k, _ in grid], values))
             for mode, every in (("every frame", 1), ("default", None)):

@@ -141,6 +141,20 @@ class VideoFileSource(Source):
         self._cap.release()
 
 
+def decode_all(path: str | Path) -> tuple[list[np.ndarray], float]:
+    """Every frame of a video file in memory, and its fps (for tests and benchmarks, not the daemon)."""
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        frames.append(image)
+    cap.release()
+    return frames, fps
+
+
 class LatestFrameReader:
     """Runs `grab` on its own thread; `read` returns the newest frame, never one twice."""
 

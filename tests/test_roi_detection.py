@@ -8,33 +8,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from fer_edge.config import Config, DetectionConfig
 from fer_edge.detector import FaceDetector
 from fer_edge.pipeline import Pipeline
-from fer_edge.sources import Frame, Source, VideoFileSource
+from fer_edge.sources import Frame, Source, VideoFileSource, decode_all
 from fer_edge.tracker import iou_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
 needs_shared = pytest.mark.skipif(not VIDEOS.is_dir(), reason="../shared videos are not present")
-
-
-def decode(path: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        frames.append(image)
-    cap.release()
-    return frames, fps
 
 
 class ListSource(Source):
@@ -78,7 +64,7 @@ def run_pipeline(frames, fps, every=1, **detection):
 @needs_shared
 @pytest.mark.parametrize("name", ["all_emo.mp4", "woman2.mp4", "ckplus_S501_001_anger.avi"])
 def test_search_near_the_tracked_face_finds_it_in_every_frame_a_full_scan_does(name):
-    frames, fps = decode(VIDEOS / name)
+    frames, fps = decode_all(VIDEOS / name)
     detector = FaceDetector(DetectionConfig())
     # the margin the pipeline uses when it analyses every frame
     margin = min(detector.NEAR_MARGIN_MAX, detector.NEAR_MARGIN_MIN + detector.NEAR_MARGIN_PER_S / fps)
@@ -98,7 +84,7 @@ def test_search_near_the_tracked_face_finds_it_in_every_frame_a_full_scan_does(n
 
 @needs_shared
 def test_pipeline_follows_the_face_with_few_full_scans_and_finds_it_in_every_frame():
-    frames, fps = decode(VIDEOS / "all_emo.mp4")  # one face in every frame
+    frames, fps = decode_all(VIDEOS / "all_emo.mp4")  # one face in every frame
     found, detector = run_pipeline(frames, fps, every=1)
     assert all(len(found[i]) == 1 for i in range(len(frames)))
     # one full scan per second of media (plus the first): the near search is what runs
@@ -109,7 +95,7 @@ def test_pipeline_follows_the_face_with_few_full_scans_and_finds_it_in_every_fra
 
 @needs_shared
 def test_a_face_that_comes_in_beside_a_tracked_one_is_found_at_the_next_full_scan():
-    frames, fps = decode(VIDEOS / "all_emo.mp4")
+    frames, fps = decode_all(VIDEOS / "all_emo.mp4")
     frames = frames[:100]
     arrives = 30
     # the same clip side by side; the right half shows its face only from frame `arrives` on
@@ -123,20 +109,20 @@ def test_a_face_that_comes_in_beside_a_tracked_one_is_found_at_the_next_full_sca
 
 
 def test_a_face_that_leaves_is_dropped_not_held_by_the_near_search():
-    frames, fps = decode(SAMPLE)  # the face is out of view from about frame 66 to 93
+    frames, fps = decode_all(SAMPLE)  # the face is out of view from about frame 66 to 93
     found, detector = run_pipeline(frames, fps, every=1)
     assert not any(len(found[i]) for i in range(70, 90))
     assert any(len(found[i]) for i in range(0, 60)) and any(len(found[i]) for i in range(100, len(frames)))
 
 
 def test_full_scan_every_analysis_when_asked():
-    frames, fps = decode(SAMPLE)
+    frames, fps = decode_all(SAMPLE)
     _, detector = run_pipeline(frames[:30], fps, every=1, full_scan_seconds=0.0)
     assert detector.full_scans == 30
 
 
 def test_find_uses_no_full_scan_while_tracked_faces_are_found_and_drops_duplicates():
-    frames, _ = decode(SAMPLE)
+    frames, _ = decode_all(SAMPLE)
     detector = FaceDetector(DetectionConfig())
     first, scanned = detector.find(frames[0], None, [], full_scan=False)
     assert scanned and len(first) == 1 and detector.full_scans == 1
@@ -153,7 +139,7 @@ def test_find_uses_no_full_scan_while_tracked_faces_are_found_and_drops_duplicat
 
 # --- decoding ahead ---------------------------------------------------------------------------
 def test_file_source_decoding_ahead_gives_every_frame_in_order():
-    expected, fps = decode(SAMPLE)
+    expected, fps = decode_all(SAMPLE)
     with VideoFileSource(SAMPLE) as source:
         got = []
         while (frame := source.read()) is not None:
