@@ -200,8 +200,8 @@ def evaluate(model: FloatModel, tflite_path: Path, info: ModelInfo, faces: FaceS
         chunks = tqdm(chunks, desc="evaluating tflite", unit="batch", file=sys.stderr, leave=False)
     tflite_probs = np.concatenate([classifier.predict(fitted[i:i + 128]) for i in chunks])
     float_pred, tflite_pred = float_probs.argmax(1), tflite_probs.argmax(1)
-    float_report = classification_report(truth, float_pred, classes)
-    tflite_report = classification_report(truth, tflite_pred, classes)
+    float_report = classification_report(truth, float_pred, classes, float_probs)
+    tflite_report = classification_report(truth, tflite_pred, classes, tflite_probs)
     one = fitted[:1]
     latency = {
         "tflite_one_face_ms": round(median_ms(lambda: classifier.predict(one), 300), 4),

@@ -246,12 +246,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EmotionClassifier(path, num_threads=args.threads, runtime=args.runtime,
                                  mirror_average=args.mirror_average, **overrides)
 
-    def predict_names(classifier: EmotionClassifier) -> np.ndarray:
-        """Each face's predicted label name: two models may order their labels differently."""
+    def probabilities(classifier: EmotionClassifier) -> np.ndarray:
+        """(faces, labels) in the classifier's own label order."""
         fitted = fit_faces(faces.images, classifier.info)
-        predicted = np.concatenate([classifier.predict(fitted[i:i + 256]).argmax(1)
-                                    for i in range(0, len(fitted), 256)])
-        return np.asarray(classifier.labels)[predicted]
+        return np.concatenate([classifier.predict(fitted[i:i + 256]) for i in range(0, len(fitted), 256)])
 
     path = resolve_model(args.model)
     classifier = open_model(path, model_overrides(args))
@@ -270,12 +268,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{args.dataset} has classes the model does not know: {', '.join(unknown)}")
     index = {name: i for i, name in enumerate(labels)}
     truth = np.asarray([index[n] for n in faces.names()])
-    predicted = np.asarray([index[n] for n in predict_names(classifier)])
-    report = classification_report(truth, predicted, labels)
+    probs = probabilities(classifier)
+    predicted = probs.argmax(1)
+    report = classification_report(truth, predicted, labels, probs)
     report.update({"model": str(path), "dataset": str(args.dataset), "runtime": classifier.runtime_name,
                    "mirror_average": classifier.mirror_average})
     if other is not None:
-        other_predicted = np.asarray([index[n] for n in predict_names(other)])
+        # two models may order their labels differently: compare by name
+        other_names = np.asarray(other.labels)[probabilities(other).argmax(1)]
+        other_predicted = np.asarray([index[n] for n in other_names])
         report["against"] = {"model": str(other_path), **paired_comparison(truth, predicted, other_predicted)}
     if args.json:
         print(json.dumps(report))

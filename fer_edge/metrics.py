@@ -13,9 +13,27 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -
     return matrix
 
 
-def classification_report(truth: np.ndarray, predicted: np.ndarray,
-                          classes: Sequence[str]) -> dict[str, Any]:
-    """accuracy, per_class precision/recall/F1/support, confusion (rows: truth), samples."""
+def calibration(truth: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Whether the top probability can be read as the chance of being right: mean confidence,
+    expected calibration error (ECE: |accuracy - confidence| per confidence bin, weighted by the
+    bin's share of faces) and log loss. Why: the CSV's confidence is what users threshold on."""
+    confidence = probabilities.max(1)
+    right = probabilities.argmax(1) == truth
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(right[in_bin].mean() - confidence[in_bin].mean())
+    true_p = probabilities[np.arange(len(truth)), truth]
+    return {"mean_confidence": round(float(confidence.mean()), 4), "ece": round(float(ece), 4), "bins": bins,
+            "log_loss": round(float(-np.log(np.clip(true_p, 1e-7, 1.0)).mean()), 4)}
+
+
+def classification_report(truth: np.ndarray, predicted: np.ndarray, classes: Sequence[str],
+                          probabilities: np.ndarray | None = None) -> dict[str, Any]:
+    """accuracy, per_class precision/recall/F1/support, confusion (rows: truth), samples, and
+    with `probabilities` (n, classes) the calibration of their top value."""
     matrix = confusion_matrix(truth, predicted, len(classes))
     tp = np.diag(matrix).astype(np.float64)
     support = matrix.sum(axis=1)
@@ -37,6 +55,7 @@ def classification_report(truth: np.ndarray, predicted: np.ndarray,
         },
         "classes": list(classes),
         "confusion": matrix.tolist(),
+        **({"calibration": calibration(truth, probabilities)} if probabilities is not None and samples else {}),
     }
 
 
@@ -76,6 +95,10 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
         lines.append(title)
     lines.append(f"accuracy {report['accuracy'] * 100:.2f}% on {report['samples']} faces, "
                  f"macro F1 {report['macro_f1']:.3f}")
+    if "calibration" in report:
+        cal = report["calibration"]
+        lines.append(f"confidence: mean {cal['mean_confidence'] * 100:.2f}% against that accuracy; calibration "
+                     f"error (ECE, {cal['bins']} bins) {cal['ece'] * 100:.2f} points; log loss {cal['log_loss']:.3f}")
     lines.append(f"{'class':<10}{'precision':>10}{'recall':>8}{'f1':>7}{'support':>9}")
     for name in classes:
         c = report["per_class"][name]

@@ -11,7 +11,7 @@ from fer_edge.errors import DataError
 from fer_edge.labels import FER2013_ORDER, KAGGLE_ORDER, parse_labels
 from fer_edge.metrics import classification_report
 from fer_edge.modelmeta import ModelInfo, read_metadata_blobs, read_model_info
-from fer_edge.metrics import paired_comparison
+from fer_edge.metrics import calibration, paired_comparison
 from fer_edge.pipeline import Scheduler
 from fer_edge.resources import DEFAULT_MODEL, MINI_XCEPTION_MODEL, resolve_model
 from fer_edge.runtime import EmotionClassifier, quantization_lut
@@ -184,6 +184,18 @@ def test_paired_comparison_counts_only_the_faces_one_model_alone_gets_right():
     assert (four["only_this_right"], four["only_other_right"]) == (4, 0)
     assert four["p_value"] == 0.125 and four["mcnemar_z"] == 2.0  # 2 x (1/2)^4; 4 / sqrt(4)
     assert paired_comparison(truth, c, a)["mcnemar_z"] == -2.0
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_grows_with_overconfidence():
+    truth = np.zeros(10, int)
+    honest = np.tile([0.8, 0.2], (10, 1))  # 80% sure of class 0 ...
+    honest[:2] = [0.2, 0.8]  # ... and wrong twice in ten where it says so: 80% of its top answers are right
+    assert calibration(truth, np.array(honest)[:, :2])["ece"] == 0.0
+    proud = np.tile([0.99, 0.01], (10, 1))
+    proud[5:] = [0.01, 0.99]  # 99% sure, right half the time
+    result = calibration(truth, proud)
+    assert result["ece"] == 0.49 and result["mean_confidence"] == 0.99
+    assert result["log_loss"] == round(float(-(np.log(0.99) + np.log(0.01)) / 2), 4)
 
 
 def test_labels_parsing():
