@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from datetime import datetime
@@ -62,7 +63,9 @@ class PreviewServer:
                               "another port, or leave preview.listen empty to turn the preview off") from None
         self._server.daemon_threads = True
         bound_host, self.port = self._server.server_address[:2]
-        self.url = f"http://{'localhost' if bound_host in ('0.0.0.0', '::') else bound_host}:{self.port}/"
+        # every interface: name the machine, as a browser elsewhere on the network must reach it
+        shown_host = socket.gethostname() if bound_host in ("0.0.0.0", "::") else bound_host
+        self.url = f"http://{shown_host}:{self.port}/"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="fer-preview", daemon=True)
         self._thread.start()
