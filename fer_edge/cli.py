@@ -2,8 +2,9 @@
 
   fer-edge run        camera/video → faces → emotions → annotated video + CSV (the daemon)
   fer-edge detect     faces and emotions in images, as JSON
-  fer-edge evaluate   accuracy of a .tflite model on a labelled face set
-  fer-edge doctor     check runtime, OpenCV, cascade, cameras, model, disk; say what to fix
+  fer-edge evaluate   accuracy and calibration of a .tflite model on a labelled face set (--against: vs another)
+  fer-edge summary    what the CSV logs say, per hour, day or visit
+  fer-edge doctor     check runtime, OpenCV, cascade, cameras, model, disk, preview; say what to fix
   fer-edge config     print the effective configuration
   fer-edge install-service   install the systemd unit (--dry-run prints the steps)
   fer-edge bench      measure the pipeline on this device
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(det)
     det.set_defaults(func=cmd_detect)
 
-    ev = sub.add_parser("evaluate", help="accuracy of a .tflite model on labelled faces (no TensorFlow)")
+    ev = sub.add_parser("evaluate", help="accuracy and calibration of a .tflite model on labelled faces (no TensorFlow)")
     ev.add_argument("model", metavar="MODEL.tflite")
     ev.add_argument("dataset", type=Path, metavar="PATH", help="FER2013 folder (<class>/*.jpg) or fer2013.csv")
     ev.add_argument("--json", action="store_true", help="one JSON object: accuracy, per_class, confusion, samples")
@@ -407,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--executable", type=Path, help="fer-edge executable for ExecStart (default: this one)")
     svc.add_argument("--user", default="fer-edge", help="service user (default fer-edge)")
     svc.set_defaults(func=cmd_install_service)
-    summ = sub.add_parser("summary", help="emotions logged per hour or day, from the CSV files")
+    summ = sub.add_parser("summary", help="emotions logged per hour, day or visit, from the CSV files")
     summ.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                       help="CSV files or folders (default: the csv/ folder of output.directory)")
     summ.add_argument("--by", choices=("hour", "day", "visit", "all"), default="day",

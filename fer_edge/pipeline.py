@@ -102,8 +102,11 @@ class RecordGate:
     def __init__(self, record: str, fps: float, pre_roll_seconds: float, post_roll_seconds: float):
         self.always = record == "always"
         self.post_roll_seconds = post_roll_seconds
-        # Sources hand out a new array per frame, so holding frames costs memory, never a copy.
-        self.pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_frames(record, fps, pre_roll_seconds))
+        # Sources hand out a new array per frame, so holding frames costs memory, never a copy. Each
+        # is held undrawn (with the fps to print on it) unless it was drawn for a viewer anyway: most
+        # pre-roll frames are never recorded, so they are drawn only when they are.
+        self.pre_roll: deque[tuple[np.ndarray, Optional[float], bool]] = deque(
+            maxlen=pre_roll_frames(record, fps, pre_roll_seconds))
         self.recording = self.always
         self._until = -math.inf  # media time up to which the current event records
 
@@ -118,7 +121,7 @@ class RecordGate:
 
     @property
     def keeps_frame(self) -> bool:
-        """Whether the current frame is recorded or held as pre-roll, i.e. worth drawing on."""
+        """Whether the current frame is recorded or held as pre-roll."""
         return self.recording or bool(self.pre_roll.maxlen)
 
 
@@ -192,21 +195,23 @@ class Pipeline:
                         self.preview.publish_results(frame.wall_time, shown)
                     stage["log"] += clock() - t2
                 st.frames_with_faces += bool(shown)
-                # 3. sinks; pixels are touched only for a frame that is recorded, held or watched
+                # 3. sinks; pixels are touched only for a frame that is recorded or watched
                 t3 = clock()
                 keep = self.video is not None and self._gate_recording(frame, bool(shown))
-                stage["encode"] += clock() - t3  # a pre-roll flush is queued for encoding here
+                stage["encode"] += clock() - t3  # a pre-roll flush is drawn and queued here
+                record = keep and self.gate.recording
                 watched = self.preview is not None and self.preview.watched
-                if keep or watched or self.display is not None:
+                drawn = record or watched or self.display is not None
+                if keep and not record:  # pre-roll: held, drawn only if it is ever recorded
+                    self.gate.pre_roll.append((frame.image, fps_window.rate, drawn))
+                if drawn:
                     t3 = clock()
                     self.annotator.draw(frame.image, shown, fps_window.rate)
                     t4 = clock()
                     stage["annotate"] += t4 - t3
-                    if keep and self.gate.recording:
+                    if record:
                         self.video.write(frame.image)
                         st.recorded += 1
-                    elif keep:
-                        self.gate.pre_roll.append(frame.image)
                     if watched:
                         self.preview.publish_frame(frame.image)  # encoded on the preview's thread
                     t5 = clock()
@@ -268,7 +273,10 @@ class Pipeline:
         if started:
             self.stats.events += 1
             while self.gate.pre_roll:
-                self.video.write(self.gate.pre_roll.popleft())
+                image, held_fps, drawn = self.gate.pre_roll.popleft()
+                if not drawn:  # no face was in view then: only the fps counter to draw
+                    self.annotator.draw(image, (), held_fps)
+                self.video.write(image)
                 self.stats.recorded += 1
         return self.gate.keeps_frame
 
