@@ -239,8 +239,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .datasets import load_faces
-    from .metrics import classification_report, format_paired, format_report, paired_comparison
+    from .datasets import ferplus_majority, load_faces
+    from .metrics import format_paired, format_report, paired_comparison, report_by_label_sets
     from .runtime import EmotionClassifier, fit_faces
 
     def open_model(path: Path, overrides: dict) -> EmotionClassifier:
@@ -262,16 +262,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise DataError(f"--against {other_path.name} has labels {', '.join(other.labels)}, but {path.name} has "
                             f"{', '.join(classifier.labels)}; compare models of the same emotions")
     faces = load_faces(args.dataset, usage=args.usage, limit=args.limit, strict=args.strict,
-                       warn=lambda m: log(f"warning: {m}"))
+                       warn=lambda m: log(f"warning: {m}"), ferplus=args.ferplus)
     labels = classifier.labels
     unknown = sorted({n for n in faces.names() if n not in labels})
     if unknown:
         raise DataError(f"{args.dataset} has classes the model does not know: {', '.join(unknown)}")
     index = {name: i for i, name in enumerate(labels)}
     truth = np.asarray([index[n] for n in faces.names()])
+    ferplus_truth = None if faces.votes is None else ferplus_majority(faces.votes, labels)
     probs = probabilities(classifier)
     predicted = probs.argmax(1)
-    report = classification_report(truth, predicted, labels, probs)
+    report = report_by_label_sets(truth, probs, labels, ferplus_truth)
     report.update({"model": str(path), "dataset": str(args.dataset), "runtime": classifier.runtime_name,
                    "mirror_average": classifier.mirror_average})
     if other is not None:
@@ -279,12 +280,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         other_names = np.asarray(other.labels)[probabilities(other).argmax(1)]
         other_predicted = np.asarray([index[n] for n in other_names])
         report["against"] = {"model": str(other_path), **paired_comparison(truth, predicted, other_predicted)}
+        if ferplus_truth is not None:
+            scored = ferplus_truth >= 0
+            report["against"]["ferplus"] = paired_comparison(ferplus_truth[scored], predicted[scored],
+                                                             other_predicted[scored])
     if args.json:
         print(json.dumps(report))
     else:
         print(format_report(report, f"{path.name} on {args.dataset} ({classifier.runtime_name})"))
         if other is not None:
-            print(format_paired(report["against"], path.name, other_path.name))
+            by = " by FER2013 label" if ferplus_truth is not None else ""
+            print(format_paired(report["against"], path.name, other_path.name) + by)
+            if ferplus_truth is not None:
+                print(format_paired(report["against"]["ferplus"], path.name, other_path.name) + " by FER+ majority")
     return 0
 
 
@@ -377,7 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="accuracy and calibration of a .tflite model on labelled faces (no TensorFlow)")
     ev.add_argument("model", metavar="MODEL.tflite")
-    ev.add_argument("dataset", type=Path, metavar="PATH", help="FER2013 folder (<class>/*.jpg) or fer2013.csv")
+    ev.add_argument("dataset", type=Path, metavar="PATH",
+                    help="FER2013 folder (<class>/*.jpg) or fer2013.csv (.csv.gz)")
+    ev.add_argument("--ferplus", type=Path, metavar="VOTES.csv",
+                    help="FER+'s fer2013new.csv for the same rows as the CSV: also score by FER+ majority vote, "
+                         "side by side with the FER2013 labels")
     ev.add_argument("--json", action="store_true", help="one JSON object: accuracy, per_class, confusion, samples")
     ev.add_argument("--against", metavar="OTHER.tflite",
                     help="also run OTHER (with fer-edge metadata) on the same faces and test whether the two "
