@@ -113,7 +113,7 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import FaceDetector
     from .pipeline import Pipeline, pre_roll_frames
-    from .sinks import Display, Retention, RollingCsvLog, SegmentedVideoWriter
+    from .sinks import Display, open_file_sinks
     from .sources import open_source
     from .systemd import Notifier
 
@@ -127,24 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
-    video = csv = display = preview = None
+    budget = video = csv = display = preview = None
     try:
         if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
             from .preview import PreviewServer
             preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
-        if cfg.video.enabled:
-            v = cfg.video
-            # room for a whole pre-roll, so flushing it when a face appears does not stall capture
-            queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
-            video = SegmentedVideoWriter(out / "video", source.frame_size, source.fps,
-                                         segment_seconds=v.segment_seconds, codec=v.codec,
-                                         retention=Retention(v.max_files, v.max_bytes, v.min_free_bytes),
-                                         queue_size=queue_size)
-        if cfg.csv.enabled:
-            c = cfg.csv
-            csv = RollingCsvLog(out / "csv", labels=classifier.labels, source=source.name, max_bytes=c.max_bytes,
-                                rotate_seconds=c.rotate_seconds, flush_seconds=c.flush_seconds,
-                                retention=Retention(max_files=c.max_files, max_bytes=c.max_total_bytes))
+        v = cfg.video
+        # room for a whole pre-roll, so flushing it when a face appears does not stall capture
+        queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
+        budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
         if cfg.display.enabled:
             display = Display()
     except BaseException:
@@ -157,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
-                        preview=preview, notifier=Notifier())
+                        preview=preview, notifier=Notifier(), disk=budget)
     if preview is not None:
         preview.stats = pipeline.counters
         log(f"preview: {preview.url} (live view), {preview.url}status (JSON)")
@@ -168,9 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "frames_with_faces": stats.frames_with_faces,
         "seconds": round(stats.seconds, 2), "fps": round(stats.fps, 1), "dropped": source.dropped,
         "video_segments": [str(p) for p in video.segments] if video else [],
-        "video_frames": stats.recorded,
+        "video_frames": stats.recorded, "video_frames_lost": video.frames_lost if video else 0,
         "video_events": stats.events if cfg.video.record == "faces" else None,
         "csv_files": [str(p) for p in csv.files] if csv else [], "csv_rows": csv.rows_written if csv else 0,
+        "csv_rows_dropped": csv.rows_dropped if csv else 0,
         "stage_ms_per_frame": stats.stage_ms_per_frame(),
     }
     if args.json:
@@ -181,9 +173,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if video:
             events = (f"; {stats.recorded} of {stats.frames} frames recorded, in {stats.events} event(s) "
                       "with a face in view" if cfg.video.record == "faces" else "")
-            log(f"video: {video.finished} segment(s) in {out / 'video'}{events}")
+            lost = f"; {video.frames_lost} frame(s) lost to disk errors" if video.frames_lost else ""
+            log(f"video: {video.finished} segment(s) in {out / 'video'}{events}{lost}")
         if csv:
-            log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}")
+            dropped = f"; {csv.rows_dropped} row(s) dropped (disk errors)" if csv.rows_dropped else ""
+            log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}{dropped}")
     return 0
 
 
