@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from . import __version__
 from .cli_support import attach_negative_values, run_main
 from .config import Config, SERVICE_CONFIG, load_config, to_toml
-from .errors import DataError, InputMissing, OutputError, UsageError
+from .errors import EX_DATAERR, DataError, InputMissing, OutputError, UsageError
 from .modelmeta import parse_input_range
 from .resources import resolve_model
 
@@ -165,6 +165,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "csv_rows_dropped": csv.rows_dropped if csv else 0,
         "stage_ms_per_frame": stats.stage_ms_per_frame(),
     }
+    short = source.shortfall() if hasattr(source, "shortfall") else ""
+    if short:
+        summary["source_short"] = short
+        log(f"warning: {short}")
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -178,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if csv:
             dropped = f"; {csv.rows_dropped} row(s) dropped (disk errors)" if csv.rows_dropped else ""
             log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}{dropped}")
-    return 0
+    return EX_DATAERR if short else 0  # everything there was analysed, but a script should notice
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -316,7 +320,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         raise UsageError(f"--gap {args.gap:g}: give a positive number of seconds, e.g. 60")
     summary = summarise(files, by=args.by, since=args.since or "", gap=args.gap)
     for name, count in summary.skipped.items():
-        log(f"warning: skipped {count} unreadable row(s) in {name}")
+        why = "; ".join(f"{n} {reason}" for reason, n in summary.skip_reasons.get(name, {}).items())
+        log(f"warning: skipped {count} unreadable row(s) in {name}" + (f" ({why})" if why else ""))
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     elif not summary.periods:
