@@ -450,7 +450,7 @@ class _OpenCvSegment:
 
 
 RECENT_FILES = 1000  # file names a sink remembers for its run summary
-RETRY_SECONDS = 5.0  # after a video write error, try a new segment this often
+RETRY_SECONDS = 2.0  # after a video write error, try a new segment this often (a statvfs and a create)
 
 
 def _remember(names: list[Path], path: Path) -> None:

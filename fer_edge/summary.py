@@ -151,7 +151,7 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
     reasons: dict[str, dict[str, int]] = {}
     for path in files:
         try:
-            handle = path.open(newline="", encoding="utf-8")
+            handle = path.open(newline="", encoding="utf-8", errors="replace")  # bad bytes: a bad row
         except OSError as exc:
             raise InputMissing(f"cannot read {path} ({exc.strerror})") from None
         with handle:

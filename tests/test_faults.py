@@ -110,12 +110,22 @@ def decoded_frames(path: Path) -> int:
 
 
 # -- the disk budget on a real small file system ---------------------------------------------------
+HEADER = ("timestamp,frame,source,face_id,x,y,w,h,emotion,confidence,"
+          "p_angry,p_disgust,p_fear,p_happy,p_neutral,p_sad,p_surprise\n")
+
+
 def make_files(directory: Path, prefix: str, ext: str, count: int, size: int) -> list[Path]:
+    """Files of an earlier run, oldest first: whole rows for CSV; for video, the sample (0.8 MiB) at
+    its real size, whatever `size` says."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         path = directory / f"{prefix}-2020010{i + 1}T000000Z-0000{ext}"
-        path.write_bytes(os.urandom(size))
+        if ext == ".csv":
+            row = f"2020-01-0{i + 1}T00:00:00.000+00:00,1,cam,1,1,1,1,1,happy,0.9000" + ",0.0100" * 7 + "\n"
+            path.write_text(HEADER + row * max(1, (size - len(HEADER)) // len(row)))
+        else:
+            shutil.copyfile(SAMPLE, path)
         paths.append(path)
     return paths
 
