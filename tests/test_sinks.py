@@ -138,6 +138,19 @@ def test_new_segment_cuts_after_the_queued_frames(tmp_path: Path) -> None:
     assert sorted(tmp_path.iterdir()) == sorted(writer.segments)
 
 
+def test_without_pyav_auto_falls_back_to_mp4v_in_segments_a_crash_can_afford(tmp_path: Path, monkeypatch) -> None:
+    import fer_edge.sinks as sinks
+    monkeypatch.setattr(sinks, "pyav_available", lambda: False)
+    writer = SegmentedVideoWriter(tmp_path, (W, H), 10.0, segment_seconds=300.0, retention=Retention())
+    assert (writer.codec, writer.pyav, writer.frames_per_segment) == ("mp4v", False, 100)  # 10 s, not 300
+    for frame in frames(105):
+        writer.write(frame)
+    writer.close()
+    assert [decoded_frames(p) for p in writer.segments] == [100, 5]
+    with pytest.raises(Unavailable, match="PyAV"):
+        SegmentedVideoWriter(tmp_path, (W, H), 10.0, segment_seconds=2.0, codec="h264", retention=Retention())
+
+
 def test_mjpg_segments_use_avi(tmp_path: Path) -> None:
     writer = record(tmp_path, 25, codec="MJPG")
     assert [p.suffix for p in writer.segments] == [".avi", ".avi"]
