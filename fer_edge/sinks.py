@@ -24,7 +24,7 @@ from collections import deque
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -376,6 +376,14 @@ def recover_partials(directory: Path, pattern: str) -> tuple[list[Path], list[Pa
     return recovered, removed
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class _PyAvSegment:
     """H.264 in fragmented MP4: a fragment per keyframe (one a second) reaches the disk as it is
     written, so a file cut by a crash or a full disk still decodes up to its last fragment."""
@@ -383,11 +391,11 @@ class _PyAvSegment:
     def __init__(self, path: Path, fps: float, frame_size: tuple[int, int]):
         import av
 
-        self._av = av
-        self._file = os.fdopen(create_file(path), "wb", buffering=0)
+        self._av, self._path = av, path
+        os.close(create_file(path))  # reserve the name (and its mode); FFmpeg writes it in place
+        self._container = av.open(str(path), "w", format="mp4", options={
+            "movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"})
         try:
-            self._container = av.open(self._file, "w", format="mp4", options={
-                "movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"})
             stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = frame_size
             stream.pix_fmt = "yuv420p"
@@ -396,7 +404,7 @@ class _PyAvSegment:
                               "g": str(max(1, round(fps)))}
             self._stream = stream
         except BaseException:
-            self._file.close()
+            self.abandon()
             raise
 
     def write(self, frame: np.ndarray) -> None:
@@ -404,23 +412,16 @@ class _PyAvSegment:
             self._container.mux(packet)
 
     def close(self) -> None:
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-            self._container.close()
-            os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        _fsync_path(self._path)
 
     def abandon(self) -> None:
         """Close after a write error, ignoring further errors: what reached the disk stays."""
         try:
             self._container.close()
         except Exception:
-            pass
-        try:
-            self._file.close()
-        except OSError:
             pass
 
 
@@ -439,11 +440,7 @@ class _OpenCvSegment:
 
     def close(self) -> None:
         self._writer.release()
-        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(self._path)
 
     def abandon(self) -> None:
         self._writer.release()
@@ -674,7 +671,7 @@ class SegmentedVideoWriter:
         try:
             segment.close()
         except Exception as exc:
-            self._failed(None, partial, final, count, exc, f"closing {partial.name} failed")
+            self._failed(segment, partial, final, count, exc, f"closing {partial.name} failed")
             return
         self._name(partial, final, count)
 
