@@ -287,7 +287,9 @@ class Pipeline:
         """The run so far, for the preview's /status (read from another thread: plain ints)."""
         st = self.stats
         return {"frames": st.frames, "analysed": st.analysed, "faces": st.faces, "recorded": st.recorded,
-                "events": st.events, "dropped": self.source.dropped}
+                "events": st.events, "dropped": self.source.dropped,
+                "video_frames_lost": self.video.frames_lost if self.video is not None else 0,
+                "csv_rows_dropped": self.csv.rows_dropped if self.csv is not None else 0}
 
     def status_line(self, elapsed: float) -> str:
         st = self.stats

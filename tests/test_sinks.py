@@ -459,3 +459,24 @@ def test_summary_refuses_a_csv_that_is_not_an_emotion_log(tmp_path: Path) -> Non
     other.write_text("date,price\n2026-01-01,3\n")
     with pytest.raises(DataError, match="not a fer-edge emotions CSV"):
         summarise([other])
+
+
+def test_status_line_counts_rows_the_disk_refused(tmp_path: Path) -> None:
+    """What systemd's STATUS shows: the pipeline's line plus the sinks' fault counters."""
+    from types import SimpleNamespace
+
+    from fer_edge.pipeline import Pipeline, RunStats
+
+    log = csv_log(tmp_path, Clock(1000.0), max_pending_rows=1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (log.files[0].stat().st_size, hard))
+    try:
+        for i in range(3):
+            log.write(1000.0, i, [face(i)])
+            log.tick(1001.0 + 2 * i)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    running = SimpleNamespace(stats=RunStats(frames=10), source=SimpleNamespace(dropped=0), video=None, csv=log)
+    line = Pipeline.status_line(running, 1.0)
+    assert line.startswith("frames 10,") and "csv failing since" in line and "csv rows dropped 2" in line
+    log.close()
