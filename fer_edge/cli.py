@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from . import __version__
 from .cli_support import attach_negative_values, run_main
 from .config import Config, SERVICE_CONFIG, load_config, to_toml
-from .errors import DataError, InputMissing, OutputError, UsageError
+from .errors import EX_DATAERR, DataError, InputMissing, OutputError, UsageError
 from .modelmeta import parse_input_range
 from .resources import resolve_model
 
@@ -113,7 +113,7 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import FaceDetector
     from .pipeline import Pipeline, pre_roll_frames
-    from .sinks import Display, Retention, RollingCsvLog, SegmentedVideoWriter
+    from .sinks import Display, open_file_sinks
     from .sources import open_source
     from .systemd import Notifier
 
@@ -127,24 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
-    video = csv = display = preview = None
+    budget = video = csv = display = preview = None
     try:
         if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
             from .preview import PreviewServer
             preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
-        if cfg.video.enabled:
-            v = cfg.video
-            # room for a whole pre-roll, so flushing it when a face appears does not stall capture
-            queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
-            video = SegmentedVideoWriter(out / "video", source.frame_size, source.fps,
-                                         segment_seconds=v.segment_seconds, codec=v.codec,
-                                         retention=Retention(v.max_files, v.max_bytes, v.min_free_bytes),
-                                         queue_size=queue_size)
-        if cfg.csv.enabled:
-            c = cfg.csv
-            csv = RollingCsvLog(out / "csv", labels=classifier.labels, source=source.name, max_bytes=c.max_bytes,
-                                rotate_seconds=c.rotate_seconds, flush_seconds=c.flush_seconds,
-                                retention=Retention(max_files=c.max_files, max_bytes=c.max_total_bytes))
+        v = cfg.video
+        # room for a whole pre-roll, so flushing it when a face appears does not stall capture
+        queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
+        budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
         if cfg.display.enabled:
             display = Display()
     except BaseException:
@@ -157,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
-                        preview=preview, notifier=Notifier())
+                        preview=preview, notifier=Notifier(), disk=budget)
     if preview is not None:
         preview.stats = pipeline.counters
         log(f"preview: {preview.url} (live view), {preview.url}status (JSON)")
@@ -168,11 +159,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         "frames_with_faces": stats.frames_with_faces,
         "seconds": round(stats.seconds, 2), "fps": round(stats.fps, 1), "dropped": source.dropped,
         "video_segments": [str(p) for p in video.segments] if video else [],
-        "video_frames": stats.recorded,
+        "video_frames": stats.recorded, "video_frames_lost": video.frames_lost if video else 0,
         "video_events": stats.events if cfg.video.record == "faces" else None,
         "csv_files": [str(p) for p in csv.files] if csv else [], "csv_rows": csv.rows_written if csv else 0,
+        "csv_rows_dropped": csv.rows_dropped if csv else 0,
         "stage_ms_per_frame": stats.stage_ms_per_frame(),
     }
+    short = source.shortfall() if hasattr(source, "shortfall") else ""
+    if short:
+        summary["source_short"] = short
+        log(f"warning: {short}")
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -181,10 +177,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if video:
             events = (f"; {stats.recorded} of {stats.frames} frames recorded, in {stats.events} event(s) "
                       "with a face in view" if cfg.video.record == "faces" else "")
-            log(f"video: {video.finished} segment(s) in {out / 'video'}{events}")
+            lost = f"; {video.frames_lost} frame(s) lost to disk errors" if video.frames_lost else ""
+            log(f"video: {video.finished} segment(s) in {out / 'video'}{events}{lost}")
         if csv:
-            log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}")
-    return 0
+            dropped = f"; {csv.rows_dropped} row(s) dropped (disk errors)" if csv.rows_dropped else ""
+            log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}{dropped}")
+    return EX_DATAERR if short else 0  # everything there was analysed, but a script should notice
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -330,7 +328,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         raise UsageError(f"--gap {args.gap:g}: give a positive number of seconds, e.g. 60")
     summary = summarise(files, by=args.by, since=args.since or "", gap=args.gap)
     for name, count in summary.skipped.items():
-        log(f"warning: skipped {count} unreadable row(s) in {name}")
+        why = "; ".join(f"{n} {reason}" for reason, n in summary.skip_reasons.get(name, {}).items())
+        log(f"warning: skipped {count} unreadable row(s) in {name}" + (f" ({why})" if why else ""))
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     elif not summary.periods:
