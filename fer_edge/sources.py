@@ -273,7 +273,10 @@ class LiveSource(Source):
         self._stop.set()
         with self._cond:
             self._generation += 1  # any capture thread, abandoned or not, ends after its current call
-        self._thread.join(timeout=2.0)  # a thread hung in a camera call is left behind, never waited for
+        busy = self._busy_since
+        hung = busy is not None and time.monotonic() - busy > self.stall_seconds
+        # a thread stuck in a camera call is left behind, never waited for
+        self._thread.join(timeout=0.0 if hung else 2.0)
 
     def _hung(self, doing: str) -> None:
         message = f"camera {self.name} hung ({doing} took over {self.stall_seconds:g} s)"
@@ -428,8 +431,12 @@ class V4L2Camera(Camera):
             raise CameraAbsent(f"camera {device} opened but returned no frame; is it a capture device "
                                "(some /dev/video nodes are metadata-only)?")
         self.frame_size = (first.shape[1], first.shape[0])
+        self._first: Optional[np.ndarray] = first  # the probe frame is the first one handed out
 
     def grab(self):
+        if self._first is not None:
+            image, self._first = self._first, None
+            return image, None
         ok, image = self._cap.read()
         return (image, None) if ok else None
 

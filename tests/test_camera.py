@@ -1,8 +1,8 @@
 """Cameras come back: a camera that is unplugged, hangs or is absent at start never ends the run.
 
 There is no camera on CI, so the camera itself is a FAKE, and only the camera: each fake keeps the
-real API's shape (cv2.VideoCapture here; picamera2 in tests/fakes/picamera2) and hands out real
-video frames with real faces. Everything behind it is real: the pipeline, Haar, the TFLite model,
+real API's shape (cv2.VideoCapture: tests/fakes/usb_camera.py; picamera2: tests/fakes/picamera2) and
+hands out real video frames with real faces. Everything behind it is real: the pipeline, Haar, the TFLite model,
 the CSV and video sinks, and sd_notify over a real unix datagram socket standing in for systemd's
 $NOTIFY_SOCKET. The one timing bound checked is the one systemd enforces: the watchdog pings never
 stop for longer than the watchdog interval (WATCHDOG_USEC).
@@ -24,6 +24,7 @@ import cv2
 import pytest
 
 from conftest import REPO_ROOT as ROOT, SHARED_DIR, requires_shared
+from fakes.usb_camera import FakeUsbCamera
 from fer_edge.config import load_config
 from fer_edge.detector import FaceDetector
 from fer_edge.errors import CameraAbsent
@@ -38,89 +39,6 @@ pytestmark = requires_shared
 VIDEO = SHARED_DIR / "data" / "videos" / "all_emo.mp4"  # a face in nearly every frame
 WATCHDOG_USEC = 3_000_000  # systemd's timeout; fer-edge pings at half of it
 DEADLINE = 90.0  # for a condition to come about on a loaded machine; not a timing claim
-
-
-# -- a fake USB camera with cv2.VideoCapture's shape ---------------------------------------------
-class FakeUsbCamera:
-    """The device: plugged in or not, hung or not. `capture` is what fer-edge calls instead of
-    cv2.VideoCapture; it counts opens, so a test can see the retries."""
-
-    def __init__(self, video: Path, fps: float = 15.0):
-        self.video, self.fps = video, fps
-        self.plugged = True
-        self.hung = threading.Event()  # set: reads block until it is cleared (let_go)
-        self._unhung = threading.Event()
-        self.opens = self.failed_opens = 0
-        self.delivered: list[float] = []  # time.time() of every frame handed out
-        self.lock = threading.Lock()
-
-    def capture(self, index, api_preference=None) -> "FakeVideoCapture":
-        with self.lock:
-            self.opens += 1
-            self.failed_opens += not self.plugged
-        return FakeVideoCapture(self, index, api_preference)
-
-    def unplug(self) -> None:
-        self.plugged = False
-
-    def plug(self) -> None:
-        self.plugged = True
-
-    def hang(self) -> None:
-        self._unhung.clear()
-        self.hung.set()
-
-    def let_go(self) -> None:
-        self.hung.clear()
-        self._unhung.set()
-
-
-class FakeVideoCapture:
-    """cv2.VideoCapture's shape: isOpened, set, get, read -> (ok, image), grab, release. Like
-    OpenCV's V4L2 backend, it does not open an unplugged device, and read() returns (False, None)
-    once the device is gone; a hang blocks inside read(), where a real driver would."""
-
-    def __init__(self, camera: FakeUsbCamera, index, api_preference=None):
-        self._camera = camera
-        self._opened = camera.plugged
-        self._cap = cv2.VideoCapture(str(camera.video)) if self._opened else None
-        self._props: dict[int, float] = {}
-        self._due = 0.0
-
-    def isOpened(self) -> bool:
-        return self._opened
-
-    def set(self, prop: int, value: float) -> bool:
-        self._props[prop] = value
-        return self._opened
-
-    def get(self, prop: int) -> float:
-        if prop == cv2.CAP_PROP_FPS:
-            return self._camera.fps
-        return self._cap.get(prop) if self._cap is not None else 0.0
-
-    def read(self):
-        camera = self._camera
-        if camera.hung.is_set():
-            camera._unhung.wait()
-        if not (self._opened and camera.plugged):
-            return False, None
-        self._due = max(self._due + 1.0 / camera.fps, time.monotonic())  # paced like a sensor
-        time.sleep(max(0.0, self._due - time.monotonic()))
-        ok, image = self._cap.read()
-        if not ok:  # loop the clip: a camera does not end
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, image = self._cap.read()
-        camera.delivered.append(time.time())
-        return ok, image
-
-    def grab(self) -> bool:
-        return self.read()[0]
-
-    def release(self) -> None:
-        self._opened = False
-        if self._cap is not None:
-            self._cap.release()
 
 
 # -- systemd's side: the notify socket -----------------------------------------------------------

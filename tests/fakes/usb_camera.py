@@ -1,0 +1,94 @@
+"""A FAKE USB camera for tests and benchmarks: there is no camera on CI.
+
+FakeVideoCapture keeps cv2.VideoCapture's shape (constructor (index, apiPreference), isOpened, set,
+get, read -> (ok, image), grab, release) and OpenCV's V4L2 behaviour: an unplugged device does not
+open, and read() returns (False, None) once it is gone; a hang blocks inside read(), where a real
+driver would. The pixels come from a real video file, paced at the camera's frame rate.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+
+
+class FakeUsbCamera:
+    """The device: plugged in or not, hung or not. `capture` is what fer-edge calls instead of
+    cv2.VideoCapture; it counts opens, so a test can see the retries."""
+
+    def __init__(self, video: Path, fps: float = 15.0):
+        self.video, self.fps = video, fps
+        self.plugged = True
+        self.hung = threading.Event()  # set: reads block until it is cleared (let_go)
+        self._unhung = threading.Event()
+        self.opens = self.failed_opens = 0
+        self.delivered: list[float] = []  # time.time() of every frame handed out
+        self.lock = threading.Lock()
+
+    def capture(self, index, api_preference=None) -> "FakeVideoCapture":
+        with self.lock:
+            self.opens += 1
+            self.failed_opens += not self.plugged
+        return FakeVideoCapture(self, index, api_preference)
+
+    def unplug(self) -> None:
+        self.plugged = False
+
+    def plug(self) -> None:
+        self.plugged = True
+
+    def hang(self) -> None:
+        self._unhung.clear()
+        self.hung.set()
+
+    def let_go(self) -> None:
+        self.hung.clear()
+        self._unhung.set()
+
+
+class FakeVideoCapture:
+    """cv2.VideoCapture's shape, on a FakeUsbCamera (see the module's docstring)."""
+
+    def __init__(self, camera: FakeUsbCamera, index, api_preference=None):
+        self._camera = camera
+        self._opened = camera.plugged
+        self._cap = cv2.VideoCapture(str(camera.video)) if self._opened else None
+        self._props: dict[int, float] = {}
+        self._due = 0.0
+
+    def isOpened(self) -> bool:
+        return self._opened
+
+    def set(self, prop: int, value: float) -> bool:
+        self._props[prop] = value
+        return self._opened
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FPS:
+            return self._camera.fps
+        return self._cap.get(prop) if self._cap is not None else 0.0
+
+    def read(self):
+        camera = self._camera
+        if camera.hung.is_set():
+            camera._unhung.wait()
+        if not (self._opened and camera.plugged):
+            return False, None
+        self._due = max(self._due + 1.0 / camera.fps, time.monotonic())  # paced like a sensor
+        time.sleep(max(0.0, self._due - time.monotonic()))
+        ok, image = self._cap.read()
+        if not ok:  # loop the clip: a camera does not end
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self._cap.read()
+        camera.delivered.append(time.time())
+        return ok, image
+
+    def grab(self) -> bool:
+        return self.read()[0]
+
+    def release(self) -> None:
+        self._opened = False
+        if self._cap is not None:
+            self._cap.release()
