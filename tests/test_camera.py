@@ -201,7 +201,8 @@ def test_usb_camera_unplugged_hung_and_back(tmp_path: Path, notify: NotifySocket
     # No row was made up while there was no picture, and rows resumed after it came back.
     rows = csv_rows(run.out / "csv")
     times = [row_time(r) for r in rows]
-    assert not [t for t in times if last_before + 0.5 < t < first_after], "rows while the camera was unplugged"
+    # (CSV times are to the millisecond)
+    assert not [t for t in times if last_before + 0.5 < t < first_after - 0.002], "rows while the camera was unplugged"
     assert sum(t >= first_after for t in times) >= 10
     # The loss ended the open segment: every file under a final name decodes, none is left partial.
     segments = sorted((run.out / "video").glob("*.mp4"))
