@@ -477,7 +477,10 @@ class Picamera2Camera(Camera):
         width, height = cfg.width, cfg.height
         lores_w = min(detection_width, width) & ~1
         lores_h = round(height * lores_w / width) & ~1
-        self._cam = Picamera2()
+        try:
+            self._cam = Picamera2()
+        except Exception as exc:  # busy (another process, or one that crashed holding it), or just gone
+            raise CameraAbsent(f"picamera2 camera could not be opened ({exc}); is another program using it?") from None
         try:
             config = self._cam.create_video_configuration(
                 main={"size": (width, height), "format": "RGB888"},  # RGB888 is BGR in memory: OpenCV order
