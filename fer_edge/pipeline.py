@@ -3,7 +3,8 @@
 Analysis (detect + classify) runs on every Nth frame, or adaptively at a target rate of
 media time; the frames in between are annotated with the latest results and recorded. Video is
 recorded always, or only while a face is in view (`video.record = "faces"`). Each stage's time is
-accumulated so `fer-edge bench` and the systemd STATUS can say where it goes.
+accumulated so `fer-edge bench` and the systemd STATUS can say where it goes. While a camera is
+away (see sources.LiveSource) the loop idles: no rows, the segment finished, the watchdog still fed.
 """
 from __future__ import annotations
 
