@@ -20,10 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import pytest
 
-from conftest import REPO_ROOT as ROOT, SHARED_DIR, requires_shared
+from conftest import REPO_ROOT as ROOT, SHARED_DIR, frame_count, requires_shared
 from fakes.usb_camera import FakeUsbCamera
 from fer_edge.config import load_config
 from fer_edge.detector import FaceDetector
@@ -108,15 +107,6 @@ def csv_rows(folder: Path) -> list[dict]:
 
 def row_time(row: dict) -> float:
     return datetime.fromisoformat(row["timestamp"]).timestamp()
-
-
-def decodable_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 class InProcessRun:
@@ -207,7 +197,7 @@ def test_usb_camera_unplugged_hung_and_back(tmp_path: Path, notify: NotifySocket
     # The loss ended the open segment: every file under a final name decodes, none is left partial.
     segments = sorted((run.out / "video").glob("*.mp4"))
     assert len(segments) >= 3 and not [p for p in segments if ".partial" in p.name]
-    assert all(decodable_frames(p) > 0 for p in segments)
+    assert all(frame_count(p) > 0 for p in segments)
 
 
 def test_usb_camera_absent_at_start_is_waited_for(tmp_path: Path, notify: NotifySocket) -> None:
@@ -275,7 +265,7 @@ def test_pi_camera_absent_then_present_then_hung_exits_for_a_restart(tmp_path: P
     assert len(csv_rows(out / "csv")) >= 10
     segments = list((out / "video").glob("*.mp4"))
     assert segments and not [p for p in segments if ".partial" in p.name]
-    assert sum(decodable_frames(p) for p in segments) > 0
+    assert sum(frame_count(p) for p in segments) > 0
 
     # What systemd does next: start it again. The camera is back, so the run goes on.
     state.write_text("present")

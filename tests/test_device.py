@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, requires_shared
+from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, frame_count, requires_shared
 from fer_edge.labels import EMOTIONS
 VIDEOS = SHARED / "data" / "videos"
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
@@ -45,15 +45,6 @@ def read_csvs(folder: Path) -> tuple[list[Path], list[dict]]:
         with f.open(newline="") as fh:
             rows += list(csv.DictReader(fh))
     return files, rows
-
-
-def frame_count(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 # --- the README's main command -----------------------------------------------------------------
