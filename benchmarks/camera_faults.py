@@ -98,7 +98,6 @@ def usb_fault(kind: str, seconds: float, work: Path) -> dict:
         ended = time.time()  # a fresh open would work at once: the rest is the stall check's cost
         after = ended + 0.2  # a frame already on its way when read() hung still arrives
         wait_until(lambda: camera.opens > 1)
-        camera.let_go()
     else:
         time.sleep(seconds)
         camera.plug()
@@ -106,6 +105,7 @@ def usb_fault(kind: str, seconds: float, work: Path) -> dict:
     wait_until(lambda: [t for t in seen if t > after] and [t for t in csv_times(out / "csv") if t > after])
     first_frame = min(t for t in seen if t > after)
     first_row = min(t for t in csv_times(out / "csv") if t > after)
+    camera.let_go()  # the abandoned read, if any, returns its frame
     camera.unplug()  # no frame after this one, so each delivered frame can be accounted for
     time.sleep(1.0)
     pipeline.stop_event.set()

@@ -320,6 +320,8 @@ class LiveSource(Source):
                 try:
                     camera = self._call(generation, "opening it", self._open_camera)
                 except Exception as exc:  # CameraAbsent while unplugged; anything else is worth retrying too
+                    if not self._current(generation):
+                        break  # abandoned: the state is the newer thread's now
                     delay = self._lose(str(exc) if isinstance(exc, CameraAbsent) else f"opening failed: {exc}",
                                        delay)
                     continue
@@ -333,8 +335,8 @@ class LiveSource(Source):
             except Exception:
                 pass  # it is going away anyway
             camera = None
-            if reason is None:
-                return
+            if reason is None or not self._current(generation):
+                return  # stopped, or abandoned while it hung
             if time.monotonic() - opened >= self.retry_max_seconds:
                 delay = 1.0  # it worked for a while: start the backoff again (a flapping one keeps backing off)
             delay = self._lose(reason, delay)

@@ -15,23 +15,27 @@ import cv2
 
 
 class FakeUsbCamera:
-    """The device: plugged in or not, hung or not. `capture` is what fer-edge calls instead of
-    cv2.VideoCapture; it counts opens, so a test can see the retries."""
+    """The device: plugged in or not. `capture` is what fer-edge calls instead of cv2.VideoCapture;
+    it counts opens, so a test can see the retries. `hang` blocks the reads of the captures open
+    now (a fresh open works, as after a driver glitch) until `let_go`, which lets the stuck read
+    return a frame, or fail."""
 
     def __init__(self, video: Path, fps: float = 15.0):
         self.video, self.fps = video, fps
         self.plugged = True
-        self.hung = threading.Event()  # set: reads block until it is cleared (let_go)
-        self._unhung = threading.Event()
         self.opens = self.failed_opens = 0
         self.delivered: list[float] = []  # time.time() of every frame handed out
         self.lock = threading.Lock()
+        self._captures: list["FakeVideoCapture"] = []
+        self._unhung = threading.Event()
+        self.stuck_read_fails = False
 
     def capture(self, index, api_preference=None) -> "FakeVideoCapture":
         with self.lock:
             self.opens += 1
             self.failed_opens += not self.plugged
-        return FakeVideoCapture(self, index, api_preference)
+            self._captures.append(FakeVideoCapture(self, index, api_preference))
+            return self._captures[-1]
 
     def unplug(self) -> None:
         self.plugged = False
@@ -41,10 +45,12 @@ class FakeUsbCamera:
 
     def hang(self) -> None:
         self._unhung.clear()
-        self.hung.set()
+        with self.lock:
+            for capture in self._captures:
+                capture.hung = True
 
-    def let_go(self) -> None:
-        self.hung.clear()
+    def let_go(self, fail: bool = False) -> None:
+        self.stuck_read_fails = fail
         self._unhung.set()
 
 
@@ -57,6 +63,7 @@ class FakeVideoCapture:
         self._cap = cv2.VideoCapture(str(camera.video)) if self._opened else None
         self._props: dict[int, float] = {}
         self._due = 0.0
+        self.hung = False
 
     def isOpened(self) -> bool:
         return self._opened
@@ -72,8 +79,11 @@ class FakeVideoCapture:
 
     def read(self):
         camera = self._camera
-        if camera.hung.is_set():
+        if self.hung:
             camera._unhung.wait()
+            self.hung = False
+            if camera.stuck_read_fails:
+                return False, None
         if not (self._opened and camera.plugged):
             return False, None
         self._due = max(self._due + 1.0 / camera.fps, time.monotonic())  # paced like a sensor
@@ -92,3 +102,6 @@ class FakeVideoCapture:
         self._opened = False
         if self._cap is not None:
             self._cap.release()
+        with self._camera.lock:
+            if self in self._camera._captures:
+                self._camera._captures.remove(self)
