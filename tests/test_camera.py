@@ -26,7 +26,7 @@ from conftest import REPO_ROOT as ROOT, SHARED_DIR, frame_count, requires_shared
 from fakes.usb_camera import FakeUsbCamera
 from fer_edge.config import load_config
 from fer_edge.detector import FaceDetector
-from fer_edge.errors import CameraAbsent
+from fer_edge.errors import CameraAbsent, CameraHung
 from fer_edge.pipeline import Pipeline
 from fer_edge.resources import DEFAULT_MODEL, find_resource
 from fer_edge.runtime import EmotionClassifier
@@ -223,6 +223,26 @@ def test_usb_camera_absent_at_start_is_waited_for(tmp_path: Path, notify: Notify
         run.stop()
     assert notify.statuses()[0].startswith("camera lost since "), notify.statuses()
     assert "no camera yet" in run.logs[0] and "source.wait = false" in run.logs[0]
+    assert notify.longest_watchdog_gap() <= WATCHDOG_USEC / 1e6
+
+
+def test_usb_camera_that_hangs_every_time_ends_the_run_for_a_restart(tmp_path: Path, notify: NotifySocket) -> None:
+    """Hung threads cannot be ended: after a few, a fresh process is the remaining cure (exit 69,
+    files closed first; the CLI then exits without waiting for the stuck threads)."""
+    camera = FakeUsbCamera(VIDEO)
+    run = InProcessRun(tmp_path, camera, notify)
+    run.thread.start()
+    try:
+        wait_for("faces analysed", lambda: run.faces_since(0) >= 10, run.thread)
+        camera.hang(forever=True)
+        run.thread.join(timeout=DEADLINE)
+        assert not run.thread.is_alive(), "the run did not end"
+    finally:
+        camera.let_go()
+    assert isinstance(run.error, CameraHung) and run.error.exit_code == 69, repr(run.error)
+    assert "cannot be used again by this process" in str(run.error)
+    assert camera.opens == 1 + LiveSource.MAX_ABANDONED  # reopened after each of the first hangs
+    assert len(csv_rows(run.out / "csv")) >= 10  # the CSV was closed, its rows on disk
     assert notify.longest_watchdog_gap() <= WATCHDOG_USEC / 1e6
 
 

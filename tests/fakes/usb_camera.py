@@ -17,8 +17,8 @@ import cv2
 class FakeUsbCamera:
     """The device: plugged in or not. `capture` is what fer-edge calls instead of cv2.VideoCapture;
     it counts opens, so a test can see the retries. `hang` blocks the reads of the captures open
-    now (a fresh open works, as after a driver glitch) until `let_go`, which lets the stuck read
-    return a frame, or fail."""
+    now (a fresh open works, as after a driver glitch; with `forever`, fresh ones hang too) until
+    `let_go`, which lets the stuck reads return a frame, or fail."""
 
     def __init__(self, video: Path, fps: float = 15.0):
         self.video, self.fps = video, fps
@@ -29,13 +29,16 @@ class FakeUsbCamera:
         self._captures: list["FakeVideoCapture"] = []
         self._unhung = threading.Event()
         self.stuck_read_fails = False
+        self._hang_new = False  # hang(forever=True): captures opened later hang too
 
     def capture(self, index, api_preference=None) -> "FakeVideoCapture":
         with self.lock:
             self.opens += 1
             self.failed_opens += not self.plugged
-            self._captures.append(FakeVideoCapture(self, index, api_preference))
-            return self._captures[-1]
+            capture = FakeVideoCapture(self, index, api_preference)
+            capture.hung = self._hang_new
+            self._captures.append(capture)
+            return capture
 
     def unplug(self) -> None:
         self.plugged = False
@@ -43,14 +46,16 @@ class FakeUsbCamera:
     def plug(self) -> None:
         self.plugged = True
 
-    def hang(self) -> None:
+    def hang(self, forever: bool = False) -> None:
         self._unhung.clear()
         with self.lock:
+            self._hang_new = forever
             for capture in self._captures:
                 capture.hung = True
 
     def let_go(self, fail: bool = False) -> None:
         self.stuck_read_fails = fail
+        self._hang_new = False
         self._unhung.set()
 
 
