@@ -256,7 +256,7 @@ def test_no_wait_keeps_the_old_exit() -> None:
 
 
 # -- picamera2 in a real `fer-edge run` process ----------------------------------------------------
-def test_pi_camera_absent_then_present_then_hung_exits_for_a_restart(tmp_path: Path, notify: NotifySocket) -> None:
+def test_pi_camera_absent_present_lost_back_then_hung_exits_for_a_restart(tmp_path: Path, notify: NotifySocket) -> None:
     """The Pi camera through the fake picamera2 module (tests/fakes, found on PYTHONPATH the way
     apt's python3-picamera2 is found on a Pi). A hung picamera2 cannot be used again by the
     process, so fer-edge exits 69 at once, with its files closed, and systemd restarts it."""
@@ -276,6 +276,13 @@ def test_pi_camera_absent_then_present_then_hung_exits_for_a_restart(tmp_path: P
         assert proc.poll() is None
         state.write_text("present")
         wait_for("rows logged once the camera is there", lambda: len(csv_rows(out / "csv")) >= 10)
+        lost = lambda: sum(s.startswith("camera lost since ") for s in notify.statuses())  # noqa: E731
+        before = lost()
+        state.write_text("absent")  # capture_request fails, and libcamera lists no camera
+        wait_for("the loss in STATUS", lambda: lost() > before)
+        rows = len(csv_rows(out / "csv"))
+        state.write_text("present")
+        wait_for("rows logged once the camera is back", lambda: len(csv_rows(out / "csv")) >= rows + 10)
         state.write_text("hang")
         stdout, stderr = proc.communicate(timeout=DEADLINE)
     finally:
@@ -286,7 +293,7 @@ def test_pi_camera_absent_then_present_then_hung_exits_for_a_restart(tmp_path: P
     errors = [line for line in stderr.splitlines() if line.startswith("fer-edge: error:")]
     assert len(errors) == 1 and "hung" in errors[0] and "systemd restarts it" in errors[0], stderr
     assert "Traceback" not in stderr
-    assert "no camera yet" in stderr and "back after" in stderr
+    assert "no camera yet" in stderr and stderr.count("back after") == 2 and "lost (read failed" in stderr, stderr
     assert notify.statuses()[0].startswith("camera lost since ")
     assert notify.longest_watchdog_gap() <= WATCHDOG_USEC / 1e6
     # closed before exiting: the rows are on disk, the segment is finished and decodes
