@@ -1,6 +1,5 @@
-"""What camera faults cost: a camera unplugged, hung or absent at start, against the real pipeline.
-
-    python benchmarks/camera_faults.py [--json]
+"""The camera half of benchmarks/faults.py: a camera unplugged, hung or absent at start, against
+the real pipeline. Run it through `python benchmarks/faults.py --only camera`.
 
 There is no camera here, so the camera is a fake with the real API's shape and real frames from
 `../shared/data/videos/all_emo.mp4` (a face in nearly every frame), at 15 fps: FakeVideoCapture
@@ -8,18 +7,16 @@ There is no camera here, so the camera is a fake with the real API's shape and r
 and video; the fake picamera2 module (tests/fakes/picamera2) in a real `fer-edge run` process for
 the Pi camera. Settings are the defaults (source.stall_seconds 10, retry_max_seconds 60).
 
-Columns, in the shape of benchmarks/faults.py: frames lost (frames the camera delivered that were
-neither processed nor counted as replaced by a newer one), rows dropped (analysed faces missing
-from the CSV), video/rows lost (s): from the moment the camera was back, or could have been (for
-a hang: at once), until frames were analysed again: the backoff's or the stall check's cost, as
-while a camera is away there is no picture to lose; time to recover: from the same moment to the
-first CSV row; and the exit code (`-`: it kept running).
+Each row has faults.py's columns: frames lost (frames the camera delivered that were neither
+processed nor counted as replaced by a newer one), rows dropped (analysed faces missing from the
+CSV), video/rows lost (s): from the moment the camera was back, or could have been (for a hang:
+at once), until frames were analysed again: the backoff's or the stall check's cost, as while a
+camera is away there is no picture to lose; time to recover: from the same moment to the first
+CSV row; and the exit code (None: it kept running).
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -159,30 +156,3 @@ def pi_camera_hang(work: Path) -> dict:
 def camera_rows(work: Path) -> list[dict]:
     return [usb_fault("unplug", 5, work), usb_fault("unplug", 30, work), usb_fault("hang", 0, work),
             usb_fault("absent", 5, work), pi_camera_hang(work)]
-
-
-def table(results: list[dict]) -> str:
-    lines = ["| fault | frames lost | rows dropped | video lost (s) | rows lost (s) | time to recover (s) | exit code |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for r in results:
-        cell = {k: "-" if r[k] is None else str(r[k]) for k in ("frames_lost", "rows_dropped", "exit")}
-        lines.append(f"| {r['fault']} | {cell['frames_lost']} | {cell['rows_dropped']} | {r['video_lost_s']:.2f} | "
-                     f"{r['rows_lost_s']:.2f} | {r['recover_s']} | {cell['exit']} |")
-    return "\n".join(lines)
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    if not VIDEO.is_file():
-        print(f"needs {VIDEO} (the real data beside the repository)", file=sys.stderr)
-        return 66
-    with tempfile.TemporaryDirectory(prefix="fer-camera-faults-") as tmp:
-        results = camera_rows(Path(tmp))
-    print(json.dumps(results, indent=2) if args.json else table(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what pixels 0..255 are scaled to before the model (auto: measured)")
     p.add_argument("--evaluate", type=Path, metavar="PATH",
                    help="labelled faces to compare the float and converted models on (folder or CSV)")
+    p.add_argument("--ferplus", type=Path, metavar="VOTES.csv",
+                   help="FER+'s fer2013new.csv for the --evaluate CSV's rows: also score both models by FER+ "
+                        "majority vote, side by side with the FER2013 labels")
     p.add_argument("--usage", metavar="NAME", help="with a fer2013.csv: use only rows with this Usage "
                    "(calibration defaults to Training rows, evaluation to all rows)")
     p.add_argument("--strict", action="store_true", help="refuse a CSV with bad rows instead of skipping them")
@@ -61,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(attach_negative_values(argv))
     if args.calibration_samples < 1:
         raise UsageError("--calibration-samples must be at least 1")
+    if args.ferplus is not None and args.evaluate is None:
+        raise UsageError("--ferplus scores the --evaluate faces by FER+ votes; give --evaluate CSV too")
     labels = None if args.labels == "auto" else parse_labels(args.labels)
     input_range = parse_range(args.input_range)
     output = args.output or args.model.with_name(f"{args.model.stem}_{args.quantize}.tflite")
@@ -72,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model, output, quantize=args.quantize, calibration=args.calibration,
         calibration_samples=args.calibration_samples, labels=labels, input_range=input_range,
         evaluate_path=args.evaluate, usage=args.usage, strict=args.strict, seed=args.seed,
-        progress=sys.stderr.isatty() and not args.quiet, log=log, int8_calibration=args.int8_calibration)
+        progress=sys.stderr.isatty() and not args.quiet, log=log, int8_calibration=args.int8_calibration,
+        ferplus=args.ferplus)
     evaluation = report.get("evaluation")
     if evaluation:
         print(format_report(evaluation["float"], "float model"))
@@ -84,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{report['quantization']} {evaluation['tflite']['accuracy'] * 100:.2f}%  "
               f"(drop {evaluation['accuracy_drop_points']:+.2f} points); top-1 agreement "
               f"{evaluation['agreement'] * 100:.2f}% on {evaluation['samples']} faces")
+        if "ferplus" in evaluation["tflite"]:
+            plus_float, plus = evaluation["float"]["ferplus"], evaluation["tflite"]["ferplus"]
+            print(f"by FER+ majority: float {plus_float['accuracy'] * 100:.2f}%  {report['quantization']} "
+                  f"{plus['accuracy'] * 100:.2f}%  (drop {evaluation['ferplus_accuracy_drop_points']:+.2f} points) "
+                  f"on the {plus['samples']} faces FER+ scores")
         print(f"size: float {report['size_bytes']['float_model'] / 1024:.1f} KiB -> tflite "
               f"{report['size_bytes']['tflite'] / 1024:.1f} KiB; per-face latency (1 thread): "
               f"tflite {lat['tflite_one_face_ms']:.3f} ms ({lat['tflite_runtime']}), "

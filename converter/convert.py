@@ -14,10 +14,10 @@ from typing import Any, Callable
 import numpy as np
 
 from fer_edge import __version__
-from fer_edge.datasets import FaceSet, load_faces
+from fer_edge.datasets import FaceSet, ferplus_majority, load_faces
 from fer_edge.errors import DataError, InputMissing, OutputError
 from fer_edge.labels import LABEL_ORDERS
-from fer_edge.metrics import classification_report
+from fer_edge.metrics import report_by_label_sets
 from fer_edge.modelmeta import METADATA_NAME, ModelInfo
 from fer_edge.runtime import EmotionClassifier, fit_faces, scale_pixels
 
@@ -200,8 +200,9 @@ def evaluate(model: FloatModel, tflite_path: Path, info: ModelInfo, faces: FaceS
         chunks = tqdm(chunks, desc="evaluating tflite", unit="batch", file=sys.stderr, leave=False)
     tflite_probs = np.concatenate([classifier.predict(fitted[i:i + 128]) for i in chunks])
     float_pred, tflite_pred = float_probs.argmax(1), tflite_probs.argmax(1)
-    float_report = classification_report(truth, float_pred, classes, float_probs)
-    tflite_report = classification_report(truth, tflite_pred, classes, tflite_probs)
+    ferplus_truth = None if faces.votes is None else ferplus_majority(faces.votes, classes)
+    float_report = report_by_label_sets(truth, float_probs, classes, ferplus_truth)
+    tflite_report = report_by_label_sets(truth, tflite_probs, classes, ferplus_truth)
     one = fitted[:1]
     latency = {
         "tflite_one_face_ms": round(median_ms(lambda: classifier.predict(one), 300), 4),
@@ -216,6 +217,9 @@ def evaluate(model: FloatModel, tflite_path: Path, info: ModelInfo, faces: FaceS
         "tflite": tflite_report,
         "agreement": round(float((float_pred == tflite_pred).mean()), 4),
         "accuracy_drop_points": round(100 * (float_report["accuracy"] - tflite_report["accuracy"]), 2),
+        **({"ferplus_accuracy_drop_points": round(
+            100 * (float_report["ferplus"]["accuracy"] - tflite_report["ferplus"]["accuracy"]), 2)}
+           if ferplus_truth is not None else {}),
         "latency": latency,
     }
 
@@ -224,7 +228,8 @@ def run_conversion(model_path: Path, output: Path, *, quantize: str, calibration
                    calibration_samples: int, labels: tuple[str, ...] | None,
                    input_range: tuple[float, float] | None, evaluate_path: Path | None,
                    usage: str | None, strict: bool, seed: int, progress: bool, log: Log,
-                   int8_calibration: CalibrationConfig | str | None = None) -> dict[str, Any]:
+                   int8_calibration: CalibrationConfig | str | None = None,
+                   ferplus: Path | None = None) -> dict[str, Any]:
     """Convert, write, and (with evaluate_path) measure. `int8_calibration` is a preset name of
     converter.calibration.PRESETS ("robust", the default; "tflite", TFLite's stock min/max) or
     a CalibrationConfig; `seed` draws the calibration faces and orders them into batches."""
@@ -247,7 +252,7 @@ def run_conversion(model_path: Path, output: Path, *, quantize: str, calibration
             + ", ".join(f"{k} {v}" for k, v in calib.counts().items()))
     eval_faces = None
     if evaluate_path is not None:
-        eval_faces = load_faces(evaluate_path, usage=usage, strict=strict, warn=log)
+        eval_faces = load_faces(evaluate_path, usage=usage, strict=strict, warn=log, ferplus=ferplus)
     model = FloatModel(model_path)
     log(f"loaded {model_path} ({model.height}x{model.width}x{model.channels} in, {model.n_outputs} out"
         + (f", {model.parameters:,} parameters)" if model.parameters else ")"))

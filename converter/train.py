@@ -30,10 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from fer_edge import __version__
-from fer_edge.datasets import FaceSet, load_faces, stratified_indices
+from fer_edge.datasets import FaceSet, ferplus_majority, ferplus_shares, is_csv, load_faces, stratified_indices
 from fer_edge.errors import DataError, InputMissing, OutputError, UsageError
 from fer_edge.labels import KAGGLE_ORDER
-from fer_edge.metrics import classification_report, format_report, save_confusion_png
+from fer_edge.metrics import classification_report, format_report, report_by_label_sets, save_confusion_png
 
 Log = Callable[[str], None]
 
@@ -46,9 +46,7 @@ STAGES = (32, 64, 128, 192)
 CLASS_WEIGHTINGS = ("sqrt", "balanced", "none")
 PRECISIONS = ("auto", "float32", "bfloat16")
 BN_FACES = 4096  # clean training faces BatchNorm statistics are re-estimated on
-# FER+ columns (fer2013new.csv) that are among our seven classes; contempt/unknown/NF are dropped.
-FERPLUS_COLUMNS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
-                   "neutral": "neutral", "sad": "sadness", "surprise": "surprise"}
+FERPLUS_TARGETS = ("votes", "majority")
 
 
 @dataclass
@@ -61,8 +59,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     limit: int | None = None
     test: Path | None = None
-    ferplus: Path | None = None
-    ferplus_weight: float = 0.5  # soft target = (1-w) * FER2013 one-hot + w * FER+ vote share
+    ferplus: Path | None = None  # FER+ votes for DATA's rows: train on them (labels, split, validation)
+    ferplus_target: str = "votes"  # votes: each face's vote shares (FER+'s PLD); majority: one-hot majority
+    ferplus_weight: float = 1.0  # target = (1-w) * FER2013 one-hot + w * FER+ target
+    allow_overlap: bool = False  # --init-from/--teacher may come from a run on other data (see check_same_split)
     learning_rate: float = 2e-3  # AdamW peak, after a linear warm-up, then cosine to zero
     weight_decay: float = 1e-2  # decoupled (AdamW); not on BatchNorm parameters or biases
     warmup_epochs: float = 2.0
@@ -106,6 +106,8 @@ class TrainConfig:
             raise UsageError("--width must be in (0, 2]")
         if not 0.0 <= self.ferplus_weight <= 1.0:
             raise UsageError("--ferplus-weight must be in [0, 1]")
+        if self.ferplus_target not in FERPLUS_TARGETS:
+            raise UsageError(f"--ferplus-target must be one of {', '.join(FERPLUS_TARGETS)}")
         if self.patience < 1:
             raise UsageError("--patience must be at least 1")
         if self.bn_recalibration < 0:
@@ -171,72 +173,48 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
 
 
 def load_training_faces(cfg: TrainConfig, log: Log) -> tuple[FaceSet, np.ndarray]:
-    """The training faces and their targets (n, 7): one-hot, or blended with FER+ vote shares."""
+    """The training faces and their targets (n, 7): one-hot FER2013 labels, or FER+ targets.
+
+    With --ferplus the faces' labels become FER+'s (the majority; the top share where the top
+    vote is tied), so the split, the class weights and validation all follow the cleaner label
+    set, and faces FER+ mostly calls contempt, unknown or not-a-face are dropped (with
+    --ferplus-target majority, tied faces too). Contempt votes are left out of the vote shares:
+    none of the seven outputs can say contempt."""
     data = Path(cfg.data)
-    is_csv = data.is_file() and data.suffix.lower() == ".csv"
-    if cfg.ferplus is not None and not is_csv:
+    csv_data = is_csv(data)
+    if cfg.ferplus is not None and not csv_data:
         if not data.exists():
             raise InputMissing(f"dataset {data} not found; give a folder of <class>/*.jpg or a fer2013.csv file")
         raise UsageError("--ferplus needs DATA as fer2013.csv: FER+ rows follow fer2013.csv row order, and "
                          "Kaggle folder names (Training_<id>.jpg) carry no row number to match them by")
     # A CSV is loaded whole and subset here, so FER+ rows can be aligned first.
-    faces = load_faces(data, usage=cfg.usage if is_csv else None, limit=None if is_csv else cfg.limit,
-                       seed=cfg.seed, warn=log)
+    faces = load_faces(data, usage=cfg.usage if csv_data else None, limit=None if csv_data else cfg.limit,
+                       seed=cfg.seed, warn=log, ferplus=cfg.ferplus)
     if tuple(faces.classes) != KAGGLE_ORDER:
         raise DataError(f"dataset {data}: classes {faces.classes} are not the seven FER2013 emotions")
-    targets = np.eye(len(KAGGLE_ORDER), dtype=np.float32)[faces.labels]
-    if cfg.ferplus is not None:
-        votes = load_ferplus(Path(cfg.ferplus), cfg.usage, faces, log)
-        has = votes.sum(axis=1) > 0
-        shares = np.where(has[:, None], votes / np.maximum(votes.sum(axis=1, keepdims=True), 1), targets)
-        targets = ((1 - cfg.ferplus_weight) * targets + cfg.ferplus_weight * shares).astype(np.float32)
-    if is_csv and cfg.limit is not None and cfg.limit < len(faces):
-        keep = stratified_indices(faces.labels, cfg.limit, cfg.seed)
-        faces = FaceSet(faces.images[keep], faces.labels[keep], faces.classes, faces.source, faces.skipped)
+    eye = np.eye(len(KAGGLE_ORDER), dtype=np.float32)
+    targets = eye[faces.labels]
+    if faces.votes is not None:
+        majority = ferplus_majority(faces.votes, KAGGLE_ORDER)
+        shares = ferplus_shares(faces.votes, KAGGLE_ORDER)
+        if cfg.ferplus_target == "majority":
+            keep, plus = majority >= 0, eye[np.maximum(majority, 0)]
+        else:
+            emotion_votes = faces.votes[:, :len(KAGGLE_ORDER)]
+            keep, plus = emotion_votes.max(1) > faces.votes[:, len(KAGGLE_ORDER):].max(1), shares
+        agreement = float((majority == faces.labels)[majority >= 0].mean())
+        log(f"FER+ {cfg.ferplus_target} targets (weight {cfg.ferplus_weight:g}): {int(keep.sum())} of {len(faces)} "
+            f"faces kept, {int((~keep).sum())} dropped (contempt, unknown or not-a-face"
+            + (", or a tied top vote" if cfg.ferplus_target == "majority" else "")
+            + f"); the FER+ majority agrees with the FER2013 label on {agreement:.1%}")
+        targets = ((1 - cfg.ferplus_weight) * targets + cfg.ferplus_weight * plus).astype(np.float32)
+        faces = FaceSet(faces.images, np.where(majority >= 0, majority, shares.argmax(1)), faces.classes,
+                        faces.source, faces.skipped, faces.votes).subset(keep)
         targets = targets[keep]
+    if csv_data and cfg.limit is not None and cfg.limit < len(faces):
+        keep = stratified_indices(faces.labels, cfg.limit, cfg.seed)
+        faces, targets = faces.subset(keep), targets[keep]
     return faces, targets
-
-
-def load_ferplus(path: Path, usage: str, faces: FaceSet, log: Log) -> np.ndarray:
-    """FER+ votes (n, 7, KAGGLE_ORDER) for the `usage` rows of fer2013.csv, aligned by row order.
-
-    Alignment is checked, not assumed: every CSV row must have been kept, the counts must match,
-    and the FER+ majority must agree with the FER2013 label far above chance.
-    """
-    if not path.is_file():
-        raise InputMissing(f"FER+ file {path} not found; give fer2013new.csv from microsoft/FERPlus")
-    if faces.skipped:
-        raise DataError(f"--ferplus: {len(faces.skipped)} row(s) of {faces.source} were skipped as bad, "
-                        "so FER+ rows can no longer be matched by row order; fix the CSV first")
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = [h.strip().lower() for h in next(reader, [])]
-        missing = [c for c in ["usage", *FERPLUS_COLUMNS.values()] if c not in header]
-        if missing:
-            raise DataError(f"FER+ file {path}: header lacks {', '.join(missing)}; expected fer2013new.csv "
-                            "(Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,...)")
-        cols = [header.index(FERPLUS_COLUMNS[name]) for name in KAGGLE_ORDER]
-        col_usage = header.index("usage")
-        rows = []
-        for line in reader:
-            if not line or line[col_usage].strip() != usage:
-                continue
-            try:
-                rows.append([float(line[c]) for c in cols])
-            except (ValueError, IndexError):
-                raise DataError(f"FER+ file {path}: line {reader.line_num} has non-numeric votes") from None
-    votes = np.asarray(rows, np.float32).reshape(-1, len(KAGGLE_ORDER))
-    if len(votes) != len(faces):
-        raise DataError(f"--ferplus: {path} has {len(votes)} {usage} rows but {faces.source} has {len(faces)}; "
-                        "they must be the same fer2013.csv rows in the same order")
-    has = votes.sum(axis=1) > 0
-    agreement = float((votes[has].argmax(axis=1) == faces.labels[has]).mean()) if has.any() else 0.0
-    if agreement < 0.5:
-        raise DataError(f"--ferplus: FER+ majority agrees with the FER2013 label on only {agreement:.0%} of "
-                        f"rows (expected about 70-80%); {path} does not line up with {faces.source}")
-    log(f"FER+ soft labels: {has.sum()} of {len(votes)} rows have emotion votes; "
-        f"majority agrees with FER2013 on {agreement:.1%}")
-    return votes
 
 
 # --------------------------------------------------------------------------- model
@@ -446,6 +424,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         raise DataError(f"dataset {cfg.data}: class(es) {', '.join(thin)} have fewer than 2 faces; "
                         "cannot split off validation faces (raise --limit?)")
     train_idx, val_idx = split_train_val(faces.labels, cfg.val_fraction, cfg.seed)
+    if faces.votes is not None:  # validation scores FER+ majorities: a face with a tied top vote has none
+        val_idx = val_idx[ferplus_majority(faces.votes, KAGGLE_ORDER)[val_idx] >= 0]
     log(f"data: {len(faces)} faces from {faces.source}: {len(train_idx)} train / {len(val_idx)} validation "
         f"(stratified, seed {cfg.seed}); " + ", ".join(f"{k} {v}" for k, v in faces.counts().items()))
 
@@ -471,7 +451,7 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         + ", ".join(f"{name} {w:.2f}" for name, w in zip(KAGGLE_ORDER, weights)))
     train_ds = make_dataset(faces.images[train_idx], targets[train_idx], weights[faces.labels[train_idx]],
                             cfg.batch_size, cfg.seed, augment=True, shuffle=True)
-    val_targets = np.eye(n_classes, dtype=np.float32)[faces.labels[val_idx]]  # FER2013 labels: what we report
+    val_targets = np.eye(n_classes, dtype=np.float32)[faces.labels[val_idx]]  # the labels we report (FER+ with --ferplus)
     val_ds = make_dataset(faces.images[val_idx], val_targets, None, 256, cfg.seed, augment=False, shuffle=False)
     full_steps = max(1, len(train_idx) // cfg.batch_size)
     steps = min(full_steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else full_steps
@@ -565,7 +545,8 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
         "resumed_after_epoch": resumed_after,
         "data": {"source": faces.source, "faces": len(faces), "train": int(len(train_idx)),
                  "validation": int(len(val_idx)), "counts": faces.counts(),
-                 "ferplus": str(cfg.ferplus) if cfg.ferplus else None},
+                 "ferplus": str(cfg.ferplus) if cfg.ferplus else None,
+                 "labels": f"FER+ {cfg.ferplus_target}" if cfg.ferplus else "FER2013"},
         "class_weights": {name: round(float(w), 4) for name, w in zip(KAGGLE_ORDER, weights)},
         "precision": precision,
         "schedule": schedule_info,
@@ -601,10 +582,13 @@ def train(cfg: TrainConfig, log: Log = lambda m: print(m, file=sys.stderr)) -> T
     confusion_source, confusion_title = val_report, f"{MODEL_NAME} float, validation split"
     text = [format_report(val_report, f"validation split ({len(val_idx)} faces from the training data), {what}")]
     if test_path is not None:
-        test_faces = load_faces(test_path, usage="PublicTest" if test_path.suffix.lower() == ".csv" else None,
-                                warn=log)
-        test_report = classification_report(test_faces.labels, predict_probs(best, test_faces.images).argmax(1),
-                                            KAGGLE_ORDER)
+        csv_test = is_csv(test_path)
+        test_faces = load_faces(test_path, usage="PublicTest" if csv_test else None, warn=log,
+                                ferplus=cfg.ferplus if csv_test else None)
+        test_probs = predict_probs(best, test_faces.images)
+        test_report = report_by_label_sets(
+            test_faces.labels, test_probs, KAGGLE_ORDER,
+            None if test_faces.votes is None else ferplus_majority(test_faces.votes, KAGGLE_ORDER))
         summary["test"] = {"source": test_faces.source, **test_report}
         text.append(format_report(test_report, f"test {test_faces.source} ({len(test_faces)} faces), float model"))
         confusion_source, confusion_title = test_report, f"{MODEL_NAME} float, {Path(test_faces.source).name}"
@@ -668,10 +652,13 @@ def check_same_split(model_path: Path, cfg: TrainConfig, flag: str) -> None:
             "data": str(Path(cfg.data).resolve())}
     theirs = {k: made_by.get(k) for k in ours}
     theirs["data"] = str(Path(str(theirs["data"])).resolve())
+    if ours != theirs and cfg.allow_overlap:
+        return  # the user's call, recorded in run_config.json: validation may hold faces that model trained on
     if ours != theirs:
         diff = ", ".join(f"{k} {theirs[k]} (now {ours[k]})" for k in ours if ours[k] != theirs[k])
         raise UsageError(f"{flag} {model_path} was trained with {diff}; use the same data, --seed, "
-                         "--val-fraction and --limit so its training faces stay out of validation")
+                         "--val-fraction and --limit so its training faces stay out of validation "
+                         "(or --allow-overlap, accepting an optimistic validation figure)")
 
 
 def load_initial_weights(model, init_from: Path, log: Log) -> None:

@@ -36,11 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=Path, metavar="PATH",
                    help="labelled test faces (folder, or CSV: its PublicTest rows) to evaluate the best "
                         "checkpoint on once, at the end")
-    p.add_argument("--ferplus", type=Path, metavar="PATH",
-                   help="FER+ fer2013new.csv: blend its crowd votes into soft targets (needs DATA as "
-                        "fer2013.csv; Kaggle folder file names cannot be matched to FER+ rows)")
-    p.add_argument("--ferplus-weight", type=float, default=0.5,
-                   help="soft target = (1-w) * FER2013 label + w * FER+ vote share (default 0.5)")
+    p.add_argument("--ferplus", type=Path, metavar="VOTES.csv",
+                   help="FER+ fer2013new.csv for DATA's rows: train and validate on its ten votes per face "
+                        "instead of FER2013's one label (needs DATA as fer2013.csv or .csv.gz; Kaggle folder "
+                        "file names cannot be matched to FER+ rows); --test is then scored by both label sets")
+    p.add_argument("--ferplus-target", choices=("votes", "majority"), default="votes",
+                   help="votes: each face's vote shares, FER+'s probabilistic labels (default); majority: "
+                        "the majority vote, dropping tied faces")
+    p.add_argument("--ferplus-weight", type=float, default=1.0,
+                   help="target = (1-w) * FER2013 label + w * FER+ target (default 1: FER+ alone)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="let --init-from/--teacher come from a run on other data or another split; their "
+                        "training faces may then be in this run's validation split, which reads optimistic")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW peak learning rate (default 2e-3)")
     p.add_argument("--weight-decay", type=float, default=1e-2,
                    help="AdamW decoupled weight decay, not on BatchNorm or biases (default 1e-2)")
@@ -97,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         val_fraction=args.val_fraction, limit=args.limit, test=args.test, ferplus=args.ferplus,
-        ferplus_weight=args.ferplus_weight, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        ferplus_target=args.ferplus_target, ferplus_weight=args.ferplus_weight, allow_overlap=args.allow_overlap, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, patience=args.patience, class_weighting=args.class_weighting,
         width=args.width, precision=args.precision, bn_recalibration=args.bn_recalibration,
         from_checkpoint=args.from_checkpoint, init_from=args.init_from, teacher=tuple(args.teacher),
@@ -114,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"on {val['samples']} faces held out of the training data")
     if "test" in s:
         print(f"test accuracy {s['test']['accuracy'] * 100:.2f}% (macro F1 {s['test']['macro_f1']:.3f}) "
-              f"on {s['test']['samples']} faces, float model")
+              f"on {s['test']['samples']} faces, float model" + (" (FER2013 labels)" if "ferplus" in s["test"] else ""))
+        if "ferplus" in s["test"]:
+            plus = s["test"]["ferplus"]
+            print(f"test accuracy by FER+ majority {plus['accuracy'] * 100:.2f}% (macro F1 {plus['macro_f1']:.3f}) "
+                  f"on the {plus['samples']} faces FER+ scores, float model")
     print(f"convert: fer-convert {result.model_path} -o {result.out / 'fer_edge_cnn_int8.tflite'} "
           f"--labels {s['labels']} --input-range {s['input_range']} --calibration {args.data} "
           + (f"--evaluate {args.test} " if args.test else "") + f"--report {result.out / 'report.json'}")

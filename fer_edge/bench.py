@@ -56,7 +56,7 @@ def child_fer_edge(opts: argparse.Namespace) -> dict[str, Any]:
     from .cli import config_from_args, open_classifier
     from .detector import FaceDetector
     from .pipeline import Pipeline
-    from .sinks import Retention, RollingCsvLog, SegmentedVideoWriter
+    from .sinks import open_file_sinks
     from .sources import open_source
 
     out = Path(opts.output)
@@ -67,12 +67,10 @@ def child_fer_edge(opts: argparse.Namespace) -> dict[str, Any]:
     classifier = open_classifier(ns, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
-    v, c = cfg.video, cfg.csv
-    video = SegmentedVideoWriter(out / "video", source.frame_size, source.fps, segment_seconds=v.segment_seconds,
-                                 codec=v.codec, retention=Retention(v.max_files, v.max_bytes, v.min_free_bytes))
-    csv = RollingCsvLog(out / "csv", labels=classifier.labels, source=source.name, max_bytes=c.max_bytes,
-                        rotate_seconds=c.rotate_seconds, flush_seconds=c.flush_seconds,
-                        retention=Retention(max_files=c.max_files, max_bytes=c.max_total_bytes))
+    cfg.video.enabled = cfg.csv.enabled = True  # the figures include encoding and logging
+    if cfg.video.codec == "auto":  # the floor and the contenders write mp4v: compare like with like
+        cfg.video.codec = "mp4v"
+    budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels)
     first: list[float] = []
     records: list[list] = []
     raw: list = []
@@ -92,7 +90,8 @@ def child_fer_edge(opts: argparse.Namespace) -> dict[str, Any]:
             unsmoothed = [classifier.labels[int(p.argmax())] for p in raw.pop()] if raw else []
             records.append([frame.index, _boxes(detected), _boxes(pipeline.tracker.visible()), unsmoothed])
 
-    pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, on_analysis=on_analysis)
+    pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, disk=budget,
+                        on_analysis=on_analysis)
     cpu = time.process_time()
     stats = pipeline.run()
     cpu = time.process_time() - cpu

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from . import __version__
 from .cli_support import attach_negative_values, run_main
 from .config import Config, SERVICE_CONFIG, load_config, to_toml
-from .errors import ConfigError, DataError, InputMissing, OutputError, UsageError
+from .errors import EX_DATAERR, ConfigError, DataError, InputMissing, OutputError, UsageError
 from .modelmeta import parse_input_range
 from .resources import resolve_model
 
@@ -120,7 +120,7 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import FaceDetector
     from .pipeline import Pipeline, pre_roll_frames
-    from .sinks import Display, Retention, RollingCsvLog, SegmentedVideoWriter
+    from .sinks import Display, open_file_sinks
     from .sources import open_source
     from .systemd import Notifier
 
@@ -134,24 +134,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
-    video = csv = display = preview = None
+    budget = video = csv = display = preview = None
     try:
         if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
             from .preview import PreviewServer
             preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
-        if cfg.video.enabled:
-            v = cfg.video
-            # room for a whole pre-roll, so flushing it when a face appears does not stall capture
-            queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
-            video = SegmentedVideoWriter(out / "video", source.frame_size, source.fps,
-                                         segment_seconds=v.segment_seconds, codec=v.codec,
-                                         retention=Retention(v.max_files, v.max_bytes, v.min_free_bytes),
-                                         queue_size=queue_size)
-        if cfg.csv.enabled:
-            c = cfg.csv
-            csv = RollingCsvLog(out / "csv", labels=classifier.labels, source=source.name, max_bytes=c.max_bytes,
-                                rotate_seconds=c.rotate_seconds, flush_seconds=c.flush_seconds,
-                                retention=Retention(max_files=c.max_files, max_bytes=c.max_total_bytes))
+        v = cfg.video
+        # room for a whole pre-roll, so flushing it when a face appears does not stall capture
+        queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
+        budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
         if cfg.display.enabled:
             display = Display()
     except BaseException:
@@ -164,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
-                        preview=preview, notifier=Notifier())
+                        preview=preview, notifier=Notifier(), disk=budget)
     if preview is not None:
         preview.stats = pipeline.counters
         log(f"preview: {preview.url} (live view), {preview.url}status (JSON)")
@@ -175,11 +166,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         "frames_with_faces": stats.frames_with_faces,
         "seconds": round(stats.seconds, 2), "fps": round(stats.fps, 1), "dropped": source.dropped,
         "video_segments": [str(p) for p in video.segments] if video else [],
-        "video_frames": stats.recorded,
+        "video_frames": stats.recorded, "video_frames_lost": video.frames_lost if video else 0,
         "video_events": stats.events if cfg.video.record == "faces" else None,
         "csv_files": [str(p) for p in csv.files] if csv else [], "csv_rows": csv.rows_written if csv else 0,
+        "csv_rows_dropped": csv.rows_dropped if csv else 0,
         "stage_ms_per_frame": stats.stage_ms_per_frame(),
     }
+    short = source.shortfall() if hasattr(source, "shortfall") else ""
+    if short:
+        summary["source_short"] = short
+        log(f"warning: {short}")
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -188,10 +184,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if video:
             events = (f"; {stats.recorded} of {stats.frames} frames recorded, in {stats.events} event(s) "
                       "with a face in view" if cfg.video.record == "faces" else "")
-            log(f"video: {video.finished} segment(s) in {out / 'video'}{events}")
+            lost = f"; {video.frames_lost} frame(s) lost to disk errors" if video.frames_lost else ""
+            log(f"video: {video.finished} segment(s) in {out / 'video'}{events}{lost}")
         if csv:
-            log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}")
-    return 0
+            dropped = f"; {csv.rows_dropped} row(s) dropped (disk errors)" if csv.rows_dropped else ""
+            log(f"csv: {csv.rows_written} row(s) in {csv.opened} file(s) in {out / 'csv'}{dropped}")
+    return EX_DATAERR if short else 0  # everything there was analysed, but a script should notice
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -246,8 +244,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .datasets import load_faces
-    from .metrics import classification_report, format_paired, format_report, paired_comparison
+    from .datasets import ferplus_majority, load_faces
+    from .metrics import format_paired, format_report, paired_comparison, report_by_label_sets
     from .runtime import EmotionClassifier, fit_faces
 
     def open_model(path: Path, overrides: dict) -> EmotionClassifier:
@@ -269,16 +267,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise DataError(f"--against {other_path.name} has labels {', '.join(other.labels)}, but {path.name} has "
                             f"{', '.join(classifier.labels)}; compare models of the same emotions")
     faces = load_faces(args.dataset, usage=args.usage, limit=args.limit, strict=args.strict,
-                       warn=lambda m: log(f"warning: {m}"))
+                       warn=lambda m: log(f"warning: {m}"), ferplus=args.ferplus)
     labels = classifier.labels
     unknown = sorted({n for n in faces.names() if n not in labels})
     if unknown:
         raise DataError(f"{args.dataset} has classes the model does not know: {', '.join(unknown)}")
     index = {name: i for i, name in enumerate(labels)}
     truth = np.asarray([index[n] for n in faces.names()])
+    ferplus_truth = None if faces.votes is None else ferplus_majority(faces.votes, labels)
     probs = probabilities(classifier)
     predicted = probs.argmax(1)
-    report = classification_report(truth, predicted, labels, probs)
+    report = report_by_label_sets(truth, probs, labels, ferplus_truth)
     report.update({"model": str(path), "dataset": str(args.dataset), "runtime": classifier.runtime_name,
                    "mirror_average": classifier.mirror_average})
     if other is not None:
@@ -286,12 +285,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         other_names = np.asarray(other.labels)[probabilities(other).argmax(1)]
         other_predicted = np.asarray([index[n] for n in other_names])
         report["against"] = {"model": str(other_path), **paired_comparison(truth, predicted, other_predicted)}
+        if ferplus_truth is not None:
+            scored = ferplus_truth >= 0
+            report["against"]["ferplus"] = paired_comparison(ferplus_truth[scored], predicted[scored],
+                                                             other_predicted[scored])
     if args.json:
         print(json.dumps(report))
     else:
         print(format_report(report, f"{path.name} on {args.dataset} ({classifier.runtime_name})"))
         if other is not None:
-            print(format_paired(report["against"], path.name, other_path.name))
+            by = " by FER2013 label" if ferplus_truth is not None else ""
+            print(format_paired(report["against"], path.name, other_path.name) + by)
+            if ferplus_truth is not None:
+                print(format_paired(report["against"]["ferplus"], path.name, other_path.name) + " by FER+ majority")
     return 0
 
 
@@ -329,7 +335,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         raise UsageError(f"--gap {args.gap:g}: give a positive number of seconds, e.g. 60")
     summary = summarise(files, by=args.by, since=args.since or "", gap=args.gap)
     for name, count in summary.skipped.items():
-        log(f"warning: skipped {count} unreadable row(s) in {name}")
+        why = "; ".join(f"{n} {reason}" for reason, n in summary.skip_reasons.get(name, {}).items())
+        log(f"warning: skipped {count} unreadable row(s) in {name}" + (f" ({why})" if why else ""))
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     elif not summary.periods:
@@ -386,7 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="accuracy and calibration of a .tflite model on labelled faces (no TensorFlow)")
     ev.add_argument("model", metavar="MODEL.tflite")
-    ev.add_argument("dataset", type=Path, metavar="PATH", help="FER2013 folder (<class>/*.jpg) or fer2013.csv")
+    ev.add_argument("dataset", type=Path, metavar="PATH",
+                    help="FER2013 folder (<class>/*.jpg) or fer2013.csv (.csv.gz)")
+    ev.add_argument("--ferplus", type=Path, metavar="VOTES.csv",
+                    help="FER+'s fer2013new.csv for the same rows as the CSV: also score by FER+ majority vote, "
+                         "side by side with the FER2013 labels")
     ev.add_argument("--json", action="store_true", help="one JSON object: accuracy, per_class, confusion, samples")
     ev.add_argument("--against", metavar="OTHER.tflite",
                     help="also run OTHER (with fer-edge metadata) on the same faces and test whether the two "

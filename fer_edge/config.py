@@ -72,10 +72,11 @@ class VideoConfig:
     record: str = "always"  # always | faces: only while a face is in view, plus pre- and post-roll
     pre_roll_seconds: float = 1.0  # faces: also keep this much before a face is first found (the arrival)
     post_roll_seconds: float = 5.0  # faces: keep recording this long after the last face left
-    segment_seconds: float = 300.0  # a crash or power cut loses at most the open segment
-    codec: str = "mp4v"
+    segment_seconds: float = 300.0  # recorded seconds per file
+    codec: str = "auto"  # auto: H.264 fragmented MP4 with PyAV (a crash loses ~1 s), else OpenCV mp4v; or a FourCC
     max_files: int = 0  # retention; 0: no limit
     max_bytes: int = 0  # retention for all segments together; 0: no limit
+    max_age_days: float = 0.0  # retention: delete segments older than this; 0: no limit
     min_free_bytes: int = 512 * 1024 ** 2  # delete the oldest segments to keep this much disk free
     bars: bool = True  # per-emotion bars beside each face
 
@@ -87,7 +88,10 @@ class CsvConfig:
     rotate_seconds: float = 86400.0  # rotate at least this often; 0: no time rotation
     max_files: int = 60
     max_total_bytes: int = 0
-    flush_seconds: float = 1.0
+    max_age_days: float = 0.0  # delete files older than this; 0: no limit
+    min_free_bytes: int = 32 * 1024 ** 2  # the second, lower floor: under it every video goes, then old CSV files
+    flush_seconds: float = 1.0  # rows reach the file (a kill -9 loses at most this much)
+    sync_seconds: float = 5.0  # rows reach the card (a power cut loses at most this much)
 
 
 @dataclass
@@ -200,11 +204,15 @@ def _check(cfg: Config) -> None:
     need(0 <= v.pre_roll_seconds <= MAX_PRE_ROLL_SECONDS, "video.pre_roll_seconds",
          f"is {v.pre_roll_seconds:g}; use 0 to {MAX_PRE_ROLL_SECONDS:g} (its frames are held in memory)")
     need(v.post_roll_seconds >= 0, "video.post_roll_seconds", "must be 0 or more")
-    need(len(v.codec) == 4, "video.codec", f"is {v.codec!r}; give a FourCC such as mp4v or MJPG")
-    need(min(v.max_files, v.max_bytes, v.min_free_bytes) >= 0, "video retention", "values must be 0 or more")
+    need(v.codec == "auto" or len(v.codec) == 4, "video.codec",
+         f"is {v.codec!r}; use auto, h264 (PyAV) or an OpenCV FourCC such as mp4v or MJPG")
+    need(min(v.max_files, v.max_bytes, v.min_free_bytes, v.max_age_days) >= 0, "video retention",
+         "values must be 0 or more")
     need(c.max_bytes >= 0 and c.rotate_seconds >= 0, "csv rotation", "values must be 0 or more")
-    need(c.max_files >= 0 and c.max_total_bytes >= 0, "csv retention", "values must be 0 or more")
+    need(min(c.max_files, c.max_total_bytes, c.max_age_days, c.min_free_bytes) >= 0, "csv retention",
+         "values must be 0 or more")
     need(c.flush_seconds > 0, "csv.flush_seconds", "must be positive")
+    need(c.sync_seconds > 0, "csv.sync_seconds", "must be positive")
     need(bool(cfg.output.directory), "output.directory", "must not be empty")
     if cfg.preview.listen:
         parse_listen(cfg.preview.listen)

@@ -113,6 +113,15 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
         return status, f"{out}: {free / 1024 ** 3:.1f} GiB free (video keeps {need / 1024 ** 2:.0f} MiB free)"
     check("output", output)
 
+    def video():
+        from .sinks import pyav_available
+        if pyav_available():
+            import av
+            return OK, f"PyAV {av.__version__}: H.264 in fragmented MP4 (a crash loses about a second)"
+        return WARN, ("PyAV not installed: video is OpenCV mp4v in 10 s segments (a crash loses the open one); "
+                      "pip install 'fer-edge[video]'")
+    check("video", video)
+
     def display():
         from .sinks import gui_available
         return OK, "OpenCV GUI available" if gui_available() else "headless OpenCV (fine for the service; " \

@@ -134,13 +134,14 @@ class RecordGate:
 
 class Pipeline:
     def __init__(self, cfg: Config, source: Source, classifier: EmotionClassifier, detector: FaceDetector,
-                 *, video=None, csv=None, display=None, preview=None, notifier=None,
+                 *, video=None, csv=None, display=None, preview=None, notifier=None, disk=None,
                  on_analysis: Optional[Callable[[Frame, list[FaceResult]], None]] = None):
         self.t_created = time.perf_counter()
         self.cfg = cfg
         self.source, self.classifier, self.detector = source, classifier, detector
         self.video, self.csv, self.display, self.notifier = video, csv, display, notifier
         self.preview = preview
+        self.disk = disk  # the sinks' DiskBudget: free space is checked every few seconds
         self.on_analysis = on_analysis
         self.scheduler = Scheduler(cfg.analysis.every, cfg.analysis.target_fps, cfg.analysis.idle_fps)
         self.full_scan_interval = cfg.detection.full_scan_seconds
@@ -245,9 +246,12 @@ class Pipeline:
         return st
 
     def _housekeeping(self, now: float) -> None:
-        """Once a frame, and while a camera is away: CSV flushing, SIGHUP, watchdog and STATUS."""
+        """Once a frame, and while a camera is away: CSV flushing, the disk budget, SIGHUP, watchdog
+        and STATUS."""
         if self.csv is not None:
             self.csv.tick()
+        if self.disk is not None:
+            self.disk.tick()
         if self.reopen_event.is_set():
             self.reopen_event.clear()
             if self.csv is not None:
@@ -314,15 +318,20 @@ class Pipeline:
         """The run so far, for the preview's /status (read from another thread: plain ints)."""
         st = self.stats
         return {"frames": st.frames, "analysed": st.analysed, "faces": st.faces, "recorded": st.recorded,
-                "events": st.events, "dropped": self.source.dropped}
+                "events": st.events, "dropped": self.source.dropped,
+                "video_frames_lost": self.video.frames_lost if self.video is not None else 0,
+                "csv_rows_dropped": self.csv.rows_dropped if self.csv is not None else 0}
 
     def status_line(self, elapsed: float) -> str:
         st = self.stats
         problem = self.source.problem
-        return ((f"{problem}; " if problem else "")
+        line = ((f"{problem}; " if problem else "")
                 + f"frames {st.frames}, {st.frames / max(elapsed, 1e-9):.1f} fps, analysed {st.analysed}, "
                 f"faces {st.faces}, dropped {self.source.dropped}"
                 + (f", recorded {st.recorded}" if self.video is not None else ""))
+        # what disk faults cost: rows and frames that could not be written
+        faults = [sink.status() for sink in (self.csv, self.video) if sink is not None]
+        return ", ".join([line] + [f for f in faults if f])
 
     def close(self) -> None:
         """Close every sink even if one fails, so a segment is finalised and the CSV flushed."""

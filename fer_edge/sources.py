@@ -79,6 +79,7 @@ class VideoFileSource(Source):
         self.frame_size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.frame_count = max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         self.realtime = realtime
+        self.ended = False  # the stream ran out (not stopped early)
         self._index = -1
         self._start = 0.0
         self._queue: Optional[queue.Queue] = None
@@ -117,7 +118,7 @@ class VideoFileSource(Source):
                 return None
             image = self._queue.get()
             if image is None:
-                self._ended = True
+                self._ended = self.ended = True
                 if self._error is not None:
                     raise DataError(f"decoding {self.name} failed: {self._error}")
                 return None
@@ -130,6 +131,7 @@ class VideoFileSource(Source):
             due = int((now - self._start) * self.fps)  # the frame a camera would be showing now
             while self._index + 1 < due:
                 if not self._cap.grab():
+                    self.ended = True
                     return None
                 self._index += 1
                 self.dropped += 1
@@ -138,9 +140,21 @@ class VideoFileSource(Source):
                 time.sleep(wait)
         ok, image = self._cap.read()
         if not ok:
+            self.ended = True
             return None
         self._index += 1
         return Frame(image, self._index, self._index / self.fps, time.time())
+
+    def shortfall(self) -> str:
+        """After the stream ended: why the file looks short (fewer frames than its header
+        announces: a file cut by a crash or a full disk), or "" when it is whole."""
+        got, expected = self._index + 1, self.frame_count
+        # containers estimate their count from the duration: allow a frame or two, or 1 %
+        if not self.ended or expected <= 0 or got >= expected - max(2, expected // 100):
+            return ""
+        return (f"video file {self.name} ended after {got} of the {expected} frames its header announces "
+                f"({got / self.fps:.1f} of {expected / self.fps:.1f} s): the file is short (cut by a crash or "
+                "a full disk?); the rows logged cover only what was there")
 
     def close(self) -> None:
         if self._queue is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import DataError, InputMissing
-from .labels import EMOTIONS
+from .labels import EMOTIONS, canonical
 
 PERIODS = {"hour": 13, "day": 10, "all": 0, "visit": 19}  # characters of the ISO timestamp naming a period
 VISIT_GAP_SECONDS = 60.0
@@ -56,10 +56,12 @@ class Summary:
     files: list[Path]
     emotions: list[str]
     skipped: dict[str, int]  # file -> rows that could not be read
+    skip_reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # file -> {why: rows}
 
     def to_json(self) -> dict:
         return {"by": self.by, "files": [str(f) for f in self.files], "emotions": self.emotions,
-                "skipped_rows": self.skipped, "periods": [p.to_json(self.emotions) for p in self.periods]}
+                "skipped_rows": self.skipped,
+                "skip_reasons": self.skip_reasons, "periods": [p.to_json(self.emotions) for p in self.periods]}
 
     def table(self) -> str:
         short = [e[:4] for e in self.emotions]
@@ -75,6 +77,47 @@ class Summary:
             length = f"{p.seconds:7.0f}" if visits else f"{len(p.minutes):>7}"
             lines.append(f"{p.name:<{width}} {p.analyses:>9} {length} {shares}  {dominant}")
         return "\n".join(lines)
+
+
+_INTEGER_COLUMNS = ("frame", "face_id", "x", "y", "w", "h")
+
+
+class _RowCheck:
+    """Every row is checked against its file's header: the column count, a timestamp that parses,
+    whole numbers, an emotion the file has a probability column for, probabilities that parse.
+    Calling it returns why a row is unreadable, or "" (and sets `seen`, the row's epoch seconds)."""
+
+    def __init__(self, header: list[str]):
+        self.width = len(header)
+        self.stamp, self.emotion = header.index("timestamp"), header.index("emotion")
+        self.integers = [header.index(c) for c in _INTEGER_COLUMNS if c in header]
+        self.numbers = [i for i, c in enumerate(header) if c == "confidence" or c.startswith("p_")]
+        known = [c[2:] for c in header if c.startswith("p_")]
+        self.emotions = set(known or EMOTIONS)
+        self.seen = 0.0
+
+    def __call__(self, fields: list[str]) -> str:
+        if len(fields) != self.width:
+            return "wrong number of columns (a cut row?)"
+        emotion = fields[self.emotion]
+        if canonical(emotion) not in self.emotions:
+            return "unknown emotion"
+        stamp = fields[self.stamp]
+        try:
+            if len(stamp) < 19 or stamp[4] != "-":
+                raise ValueError
+            self.seen = datetime.fromisoformat(stamp).timestamp()
+        except ValueError:
+            return "bad timestamp"
+        try:
+            for i in self.integers:
+                int(fields[i])
+            for i in self.numbers:
+                if fields[i]:  # empty: the model lacks that emotion
+                    float(fields[i])
+        except ValueError:
+            return "a number that does not parse"
+        return ""
 
 
 def csv_files(paths: Sequence[Path]) -> list[Path]:
@@ -105,35 +148,33 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
     last_seen = -math.inf  # epoch seconds of the previous row, for visits
     extra: list[str] = []  # emotions beyond the seven (a custom model's labels), in order of appearance
     skipped: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
     for path in files:
         try:
-            handle = path.open(newline="", encoding="utf-8")
+            handle = path.open(newline="", encoding="utf-8", errors="replace")  # bad bytes: a bad row
         except OSError as exc:
             raise InputMissing(f"cannot read {path} ({exc.strerror})") from None
         with handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            missing = [c for c in REQUIRED if c not in header]
             if missing:
                 raise DataError(f"{path} is not a fer-edge emotions CSV (no {', '.join(missing)} column); "
                                 "give the csv/ folder `fer-edge run` writes")
-            bad = 0
-            for row in reader:
-                stamp, emotion = row.get("timestamp") or "", row.get("emotion") or ""
-                # a row cut short (the newest file while fer-edge writes it) has empty trailing fields
-                if len(stamp) < 19 or stamp[4] != "-" or not emotion or None in row:
-                    bad += 1
+            check = _RowCheck(header)
+            bad: Counter = Counter()
+            for fields in reader:
+                why = check(fields)
+                if why:  # a row cut short by a crash, or not ours: counted, never guessed at
+                    bad[why] += 1
                     continue
+                stamp, emotion = fields[check.stamp], fields[check.emotion]
                 if since and stamp < since:
                     continue
                 if by == "visit":
-                    try:
-                        seen = datetime.fromisoformat(stamp).timestamp()
-                    except ValueError:
-                        bad += 1
-                        continue
-                    if seen - last_seen > gap:
+                    if check.seen - last_seen > gap:
                         visits.append(Period(stamp[:cut], first=stamp, last=stamp))
-                    last_seen = max(last_seen, seen)
+                    last_seen = max(last_seen, check.seen)
                     period = visits[-1]
                 else:
                     key = stamp[:cut] if cut else "all"
@@ -150,6 +191,7 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
                 if emotion not in EMOTIONS and emotion not in extra:
                     extra.append(emotion)
             if bad:
-                skipped[str(path)] = bad
+                skipped[str(path)] = sum(bad.values())
+                reasons[str(path)] = dict(bad)
     found = visits if by == "visit" else [periods[k] for k in sorted(periods)]
-    return Summary(by, found, files, list(EMOTIONS) + extra, skipped)
+    return Summary(by, found, files, list(EMOTIONS) + extra, skipped, reasons)

@@ -246,3 +246,19 @@ def test_csv_loader_skips_bad_rows_by_line_number_and_strict_refuses(tmp_path):
     assert load_faces(path, usage="Training", warn=warnings.append).names() == ["neutral"]
     with pytest.raises(DataError, match="line 3"):
         load_faces(path, strict=True)
+
+
+def test_report_by_label_sets_scores_ferplus_on_its_faces_and_measures_the_label_agreement():
+    from fer_edge.metrics import format_report, report_by_label_sets
+    classes = ("a", "b")
+    truth = np.array([0, 0, 1, 1, 1])
+    plus = np.array([0, 1, -1, 1, 0])  # face 2 not scored by FER+
+    probs = np.array([[.9, .1], [.2, .8], [.6, .4], [.3, .7], [.4, .6]])
+    report = report_by_label_sets(truth, probs, classes, plus)
+    assert report["accuracy"] == pytest.approx(3 / 5)  # predicted 0,1,0,1,1
+    assert report["ferplus"]["samples"] == 4 and report["ferplus"]["not_scored"] == 1
+    assert report["ferplus"]["accuracy"] == pytest.approx(3 / 4)  # faces 0, 1, 3 right; face 4 wrong
+    assert report["ferplus"]["label_agreement"] == pytest.approx(2 / 4)  # faces 0 and 3
+    text = format_report(report)
+    assert "FER+ majority" in text and "agree on 50.0%" in text
+    assert "ferplus" not in report_by_label_sets(truth, probs, classes)

@@ -508,6 +508,31 @@ def test_evaluate_against_another_model_tests_the_difference_on_the_same_faces()
 
 
 @requires_shared
+def test_evaluate_scores_by_ferplus_votes_beside_the_fer2013_labels():
+    rows, votes = str(SHARED / "data" / "fer2013_trainval.csv.gz"), str(SHARED / "data" / "ferplus_trainval.csv")
+    result = fer_edge("evaluate", "models/fer_default.tflite", rows, "--usage", "PublicTest", "--ferplus", votes,
+                      "--against", "models/mini_xception_int8.tflite", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    plus = report["ferplus"]
+    # the 3,370 PublicTest faces with a clear FER+ majority; the two label sets agree on 65.4% of them
+    assert report["samples"] == 3577 and plus["samples"] == 3370 and plus["not_scored"] == 207
+    assert abs(plus["label_agreement"] - 0.654) < 0.001
+    matrix = np.array(plus["confusion"])
+    assert matrix.sum() == 3370 and np.trace(matrix) / 3370 == pytest.approx(plus["accuracy"])
+    assert plus["accuracy"] != report["accuracy"] and "ece" in plus["calibration"]
+    paired = report["against"]["ferplus"]  # McNemar on the FER+ labels too
+    assert paired["accuracy"] == plus["accuracy"]
+    assert paired["only_this_right"] - paired["only_other_right"] == round(
+        (paired["accuracy"] - paired["other_accuracy"]) * 3370)
+    text = fer_edge("evaluate", "models/fer_default.tflite", rows, "--usage", "PublicTest", "--ferplus", votes,
+                    "--limit", "300")
+    assert text.returncode == 0 and "FER+ majority" in text.stdout and "FER2013 label" in text.stdout
+    one_line_error(fer_edge("evaluate", "models/fer_default.tflite", str(SHARED / "data" / "fer2013" / "test"),
+                            "--ferplus", votes), 64, "fer2013.csv")
+
+
+@requires_shared
 def test_evaluate_a_plain_tflite_needs_labels_and_then_matches():
     peer = str(SHARED / "data" / "models" / "fer_pkg_dynamic_range.tflite")  # no fer-edge metadata
     one_line_error(fer_edge("evaluate", peer, str(SHARED / "data" / "fer2013_publictest.csv")), 65,

@@ -138,6 +138,19 @@ def test_new_segment_cuts_after_the_queued_frames(tmp_path: Path) -> None:
     assert sorted(tmp_path.iterdir()) == sorted(writer.segments)
 
 
+def test_without_pyav_auto_falls_back_to_mp4v_in_segments_a_crash_can_afford(tmp_path: Path, monkeypatch) -> None:
+    import fer_edge.sinks as sinks
+    monkeypatch.setattr(sinks, "pyav_available", lambda: False)
+    writer = SegmentedVideoWriter(tmp_path, (W, H), 10.0, segment_seconds=300.0, retention=Retention())
+    assert (writer.codec, writer.pyav, writer.frames_per_segment) == ("mp4v", False, 100)  # 10 s, not 300
+    for frame in frames(105):
+        writer.write(frame)
+    writer.close()
+    assert [decoded_frames(p) for p in writer.segments] == [100, 5]
+    with pytest.raises(Unavailable, match="PyAV"):
+        SegmentedVideoWriter(tmp_path, (W, H), 10.0, segment_seconds=2.0, codec="h264", retention=Retention())
+
+
 def test_mjpg_segments_use_avi(tmp_path: Path) -> None:
     writer = record(tmp_path, 25, codec="MJPG")
     assert [p.suffix for p in writer.segments] == [".avi", ".avi"]
@@ -169,7 +182,7 @@ def test_old_segments_from_an_earlier_run_are_pruned_too(tmp_path: Path) -> None
     assert sorted(tmp_path.iterdir()) == [old[2], writer.segments[0]]
 
 
-def test_writer_thread_error_surfaces_as_output_error(tmp_path: Path) -> None:
+def test_video_directory_removed_mid_run_is_made_again_and_recording_goes_on(tmp_path: Path) -> None:
     directory = tmp_path / "video"
     writer = SegmentedVideoWriter(directory, (W, H), 10.0, segment_seconds=2.0, retention=Retention())
     clip = frames(45)
@@ -179,14 +192,13 @@ def test_writer_thread_error_surfaces_as_output_error(tmp_path: Path) -> None:
     while not writer.segments and time.monotonic() < deadline:  # first segment finished
         time.sleep(0.01)
     assert len(writer.segments) == 1
-    shutil.rmtree(directory)  # the next segment cannot be opened
-    with pytest.raises(OutputError, match=re.escape(str(directory))):
-        for frame in clip[20:]:
-            writer.write(frame)
-        writer.close()
-    with pytest.raises(OutputError):  # no silent drops afterwards either
-        writer.write(clip[0])
+    shutil.rmtree(directory)  # an administrator cleaning up
+    for frame in clip[20:]:
+        writer.write(frame)
     writer.close()
+    assert writer.frames_lost == 0
+    assert [decoded_frames(p) for p in writer.segments[1:]] == [20, 5]
+    assert sorted(directory.iterdir()) == writer.segments[1:]
 
 
 def test_unwritable_codec_names_the_codec_and_the_fix(tmp_path: Path) -> None:
@@ -336,22 +348,42 @@ def test_reopen_starts_a_new_file(tmp_path: Path) -> None:
     assert [[r["frame"] for r in read_rows(p)] for p in log.files] == [["1"], ["2"]]
 
 
-def test_write_failure_raises_and_keeps_the_rows_until_they_can_be_written(tmp_path: Path) -> None:
+def test_a_failed_write_leaves_no_cut_row_and_keeps_the_rows_until_they_can_be_written(tmp_path: Path) -> None:
     log = csv_log(tmp_path, Clock(1000.0))
     path = log.files[0]
     for i in range(5):
         log.write(1000.0, i, [face(i)])
+    header_size = path.stat().st_size
     # A real write error: the kernel refuses to grow any file past RLIMIT_FSIZE (EFBIG), like a full
-    # disk would (CPython ignores SIGXFSZ, so the write just fails).
+    # disk would, after a partial write (CPython ignores SIGXFSZ, so the write just fails).
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 10, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (header_size + 150, hard))
     try:
-        with pytest.raises(OutputError, match=re.escape(str(tmp_path))):
-            log.tick(1002.0)
+        log.tick(1002.0)  # never raises: the daemon goes on
+        assert path.stat().st_size == header_size  # the rows that fitted were truncated back: no cut row
+        assert log.rows_waiting == 5 and "csv failing since" in log.status()
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    log.close()  # now the rows fit
+    log.tick(1004.0)  # now the rows fit
     assert [r["frame"] for r in read_rows(path)] == ["0", "1", "2", "3", "4"]
+    assert log.rows_waiting == 0 and log.rows_dropped == 0 and log.status() == ""
+    log.close()
+
+
+def test_rows_beyond_the_bound_are_dropped_oldest_first_and_counted(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock(1000.0), max_pending_rows=3)
+    path = log.files[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size, hard))
+    try:
+        for i in range(5):
+            log.write(1000.0, i, [face(i)])
+            log.tick(1000.0 + 2 * i)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert log.rows_dropped == 2 and "csv rows dropped 2" in log.status()
+    log.close()
+    assert [r["frame"] for r in read_rows(path)] == ["2", "3", "4"]
 
 
 def test_directory_that_cannot_be_created_for_csv(tmp_path: Path) -> None:
@@ -427,3 +459,24 @@ def test_summary_refuses_a_csv_that_is_not_an_emotion_log(tmp_path: Path) -> Non
     other.write_text("date,price\n2026-01-01,3\n")
     with pytest.raises(DataError, match="not a fer-edge emotions CSV"):
         summarise([other])
+
+
+def test_status_line_counts_rows_the_disk_refused(tmp_path: Path) -> None:
+    """What systemd's STATUS shows: the pipeline's line plus the sinks' fault counters."""
+    from types import SimpleNamespace
+
+    from fer_edge.pipeline import Pipeline, RunStats
+
+    log = csv_log(tmp_path, Clock(1000.0), max_pending_rows=1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (log.files[0].stat().st_size, hard))
+    try:
+        for i in range(3):
+            log.write(1000.0, i, [face(i)])
+            log.tick(1001.0 + 2 * i)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    running = SimpleNamespace(stats=RunStats(frames=10), source=SimpleNamespace(dropped=0), video=None, csv=log)
+    line = Pipeline.status_line(running, 1.0)
+    assert line.startswith("frames 10,") and "csv failing since" in line and "csv rows dropped 2" in line
+    log.close()

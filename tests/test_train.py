@@ -254,3 +254,71 @@ def test_short_training_run_saves_a_model_that_converts_and_runs_on_device(tmp_p
     probs = classifier.predict(list(faces))
     assert probs.shape == (len(faces), 7)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3) and (probs >= 0).all()
+
+
+FERPLUS_CSV = SHARED / "data" / "fer2013_trainval.csv.gz"
+FERPLUS_VOTES = SHARED / "data" / "ferplus_trainval.csv"
+
+
+@pytest.mark.skipif(not FERPLUS_VOTES.is_file(), reason=f"FER+ votes not present at {FERPLUS_VOTES}")
+def test_short_vote_training_run_learns_converts_and_scores_both_label_sets(tmp_path):
+    """Vote training on the real gzipped fer2013.csv rows with FER+'s real votes, end to end."""
+    from converter.convert import run_conversion
+    from fer_edge.datasets import ferplus_majority, load_faces
+    from fer_edge.runtime import EmotionClassifier
+
+    out = tmp_path / "votes"
+    result = train(TrainConfig(data=FERPLUS_CSV, out=out, ferplus=FERPLUS_VOTES, limit=600, epochs=3,
+                               steps_per_epoch=8, batch_size=32, width=0.5, seed=0, learning_rate=3e-3,
+                               label_smoothing=0.0, bn_recalibration=0, test=FERPLUS_CSV), log=lambda m: None)
+    s = result.summary
+    losses = s["history"]["loss"]
+    assert losses[-1] < losses[0], losses  # it learns the vote distributions
+    assert s["data"]["labels"] == "FER+ votes"
+    # validation scores FER+ majorities only: no face with a tied top vote is in it
+    faces, _ = load_training_faces(TrainConfig(data=FERPLUS_CSV, out=out, ferplus=FERPLUS_VOTES, limit=600, seed=0),
+                                   log=lambda m: None)
+    assert s["data"]["faces"] == len(faces) <= 600
+    assert s["validation"]["samples"] == s["data"]["validation"] < 600 * 0.1 + 7
+    test = s["test"]  # PublicTest, by both label sets
+    assert test["samples"] == 3577 and test["ferplus"]["samples"] == 3370 and test["ferplus"]["not_scored"] == 207
+    assert abs(test["ferplus"]["label_agreement"] - 0.654) < 0.001  # the ceiling the model card explains
+
+    tflite = tmp_path / "votes_int8.tflite"
+    report = run_conversion(result.model_path, tflite, quantize="int8", calibration=FERPLUS_CSV,
+                            calibration_samples=60, labels=KAGGLE_ORDER, input_range=(0.0, 1.0),
+                            evaluate_path=FERPLUS_CSV, usage="PublicTest", strict=False, seed=0, progress=False,
+                            log=lambda m: None, ferplus=FERPLUS_VOTES)
+    evaluation = report["evaluation"]
+    plus = evaluation["tflite"]["ferplus"]
+    assert plus["samples"] == 3370 and sum(map(sum, plus["confusion"])) == 3370
+    assert evaluation["ferplus_accuracy_drop_points"] == round(
+        100 * (evaluation["float"]["ferplus"]["accuracy"] - plus["accuracy"]), 2)
+    # the device side (no TensorFlow) gives the converter's FER+ figure on the same faces
+    classifier = EmotionClassifier(tflite, num_threads=1)
+    test_faces = load_faces(FERPLUS_CSV, usage="PublicTest", ferplus=FERPLUS_VOTES)
+    truth = ferplus_majority(test_faces.votes, classifier.labels)
+    predicted = np.concatenate([classifier.predict(list(test_faces.images[i:i + 256]))
+                                for i in range(0, len(test_faces), 256)]).argmax(1)
+    assert float((predicted == truth)[truth >= 0].mean()) == pytest.approx(plus["accuracy"], abs=1e-9)
+
+
+def test_ferplus_majority_drops_ties_contempt_unknown_and_not_a_face_and_shares_leave_contempt_out(tmp_path):
+    from fer_edge.datasets import ferplus_majority, ferplus_shares
+    # columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
+    votes = np.array([
+        [0, 7, 0, 0, 0, 0, 0, 3, 0, 0],   # happy, with contempt votes left out of its shares
+        [4, 0, 0, 0, 0, 0, 0, 4, 2, 0],   # tied with contempt: not scored
+        [0, 0, 0, 0, 0, 0, 0, 6, 4, 0],   # contempt majority
+        [1, 0, 0, 0, 0, 0, 0, 0, 9, 0],   # unknown
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],  # not a face
+        [0, 0, 5, 0, 0, 0, 5, 0, 0, 0],   # surprise/fear tie
+        [0, 0, 0, 2, 6, 1, 1, 0, 0, 0],   # anger
+    ], np.float32)
+    assert ferplus_majority(votes, KAGGLE_ORDER).tolist() == [
+        KAGGLE_ORDER.index("happy"), -1, -1, -1, -1, -1, KAGGLE_ORDER.index("angry")]
+    assert ferplus_majority(votes, FER2013_ORDER)[6] == FER2013_ORDER.index("angry")  # any label order
+    shares = ferplus_shares(votes, KAGGLE_ORDER)
+    assert shares[0].tolist() == [0, 0, 0, 1, 0, 0, 0]
+    assert np.allclose(shares[6], np.array([6, 1, 1, 0, 0, 2, 0]) / 10)
+    assert shares[4].sum() == 0  # nothing of the seven: callers drop it
