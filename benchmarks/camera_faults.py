@@ -35,7 +35,7 @@ from fer_edge.detector import FaceDetector  # noqa: E402
 from fer_edge.pipeline import Pipeline  # noqa: E402
 from fer_edge.resources import DEFAULT_MODEL, find_resource  # noqa: E402
 from fer_edge.runtime import EmotionClassifier  # noqa: E402
-from fer_edge.sinks import Retention, RollingCsvLog, SegmentedVideoWriter  # noqa: E402
+from fer_edge.sinks import open_file_sinks  # noqa: E402
 from fer_edge.sources import open_source  # noqa: E402
 
 VIDEO = ROOT.parent / "shared" / "data" / "videos" / "all_emo.mp4"
@@ -63,24 +63,21 @@ def usb_fault(kind: str, seconds: float, work: Path) -> dict:
     """kind: unplug (for `seconds`), hang (read blocks), absent (at start, plugged in after `seconds`)."""
     out = work / f"usb-{kind}-{seconds:g}"
     cfg = load_config(overrides={"source.kind": "v4l2", "source.path": "0", "source.fps": FPS,
-                                 "source.width": 640, "source.height": 360})
+                                 "source.width": 640, "source.height": 360,
+                                 "video.min_free_bytes": 0, "csv.min_free_bytes": 0})  # disk faults are not measured here
     camera = FakeUsbCamera(VIDEO, FPS)
     if kind == "absent":
         camera.unplug()
     source = open_source(cfg.source, cfg.detection.width, log=lambda _: None, video_capture=camera.capture)
     classifier = EmotionClassifier(find_resource(DEFAULT_MODEL))
-    c, v = cfg.csv, cfg.video
-    csv_log = RollingCsvLog(out / "csv", labels=classifier.labels, source=source.name, max_bytes=c.max_bytes,
-                            rotate_seconds=c.rotate_seconds, retention=Retention())
-    video = SegmentedVideoWriter(out / "video", source.frame_size, source.fps, segment_seconds=v.segment_seconds,
-                                 codec=v.codec, retention=Retention())
+    budget, video, csv_log = open_file_sinks(cfg, out, source, classifier.labels)
     faces, seen = [0], []  # faces analysed; capture times of the frames analysed
 
     def count(frame, detected) -> None:
         faces[0] += len(detected)
         seen.append(frame.wall_time)
     pipeline = Pipeline(cfg, source, classifier, FaceDetector(cfg.detection), video=video, csv=csv_log,
-                        on_analysis=count)
+                        disk=budget, on_analysis=count)
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
     if kind != "absent":

@@ -30,7 +30,7 @@ from fer_edge.errors import CameraAbsent, CameraHung
 from fer_edge.pipeline import Pipeline
 from fer_edge.resources import DEFAULT_MODEL, find_resource
 from fer_edge.runtime import EmotionClassifier
-from fer_edge.sinks import Retention, RollingCsvLog, SegmentedVideoWriter
+from fer_edge.sinks import open_file_sinks
 from fer_edge.sources import LiveSource, open_source
 from fer_edge.systemd import Notifier
 
@@ -120,20 +120,18 @@ class InProcessRun:
         self.out = tmp_path / "out"
         self.cfg = load_config(overrides={"source.kind": "v4l2", "source.path": "0", "source.fps": 15,
                                           "source.width": 640, "source.height": 360,
-                                          "source.stall_seconds": 2, "source.retry_max_seconds": 2})
+                                          "source.stall_seconds": 2, "source.retry_max_seconds": 2,
+                                          # the disk budget stays out of it, however full this disk is
+                                          "video.min_free_bytes": 0, "csv.min_free_bytes": 0})
         self.logs: list[str] = []
         self.source = open_source(self.cfg.source, self.cfg.detection.width, log=self.logs.append,
                                   video_capture=camera.capture)
         classifier = EmotionClassifier(find_resource(DEFAULT_MODEL))
-        c, v = self.cfg.csv, self.cfg.video
-        self.csv = RollingCsvLog(self.out / "csv", labels=classifier.labels, source=self.source.name,
-                                 max_bytes=c.max_bytes, rotate_seconds=c.rotate_seconds, retention=Retention())
-        self.video = SegmentedVideoWriter(self.out / "video", self.source.frame_size, self.source.fps,
-                                          segment_seconds=v.segment_seconds, codec=v.codec, retention=Retention())
+        budget, self.video, self.csv = open_file_sinks(self.cfg, self.out, self.source, classifier.labels)
         self.analysed: list[tuple[float, int]] = []  # (frame capture time, faces found)
         notifier = Notifier({"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(WATCHDOG_USEC)})
         self.pipeline = Pipeline(self.cfg, self.source, classifier, FaceDetector(self.cfg.detection),
-                                 video=self.video, csv=self.csv, notifier=notifier,
+                                 video=self.video, csv=self.csv, notifier=notifier, disk=budget,
                                  on_analysis=lambda frame, faces: self.analysed.append((frame.wall_time, len(faces))))
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
