@@ -1,12 +1,16 @@
 """What faults cost: real faults against a real `fer-edge run`, and what each one lost.
 
-    python benchmarks/faults.py [--kills N] [--seed S] [--json]
+    python benchmarks/faults.py [--kills N] [--seed S] [--only disk,camera] [--json]
 
-Runs the bundled sample (10 s at 15 fps, `--realtime`, so media time is wall time) and injects:
+Disk and process faults: runs the bundled sample (10 s at 15 fps, `--realtime`, so media time is
+wall time) and injects:
 
 - `kill -9` at a random moment (N runs, fixed seed), then a restart into the same folder;
 - a full disk during a run: a real tmpfs (needs root) filled by another file for 2.5 s, then freed;
 - a restart on a disk left full: old segments and another program's file take every byte.
+
+Camera faults (camera_faults.py, needs ../shared): a USB camera unplugged for 5 s and 30 s, hung,
+and absent at start; a Pi camera hung.
 
 For each: frames lost (video that does not decode or was never written), rows lost (rows the
 daemon produced that are not on disk; for a kill, the span since the last row on disk, an upper
@@ -184,9 +188,10 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {r['fault']} | skipped: {r['skipped']} | | | | | |")
             continue
         lost = "-" if r.get("rows_lost_s") is None else f"{r['rows_lost_s']:.2f}"
-        exit_code = "-9 (SIGKILL)" if r["exit"] == -signal.SIGKILL else str(r["exit"])
-        lines.append(f"| {r['fault']} | {r['frames_lost']} | {r['rows_dropped']} | {r['video_lost_s']:.2f} | {lost} | "
-                     f"{r.get('recover_s', '-')} | {exit_code} |")
+        exit_code = "-" if r["exit"] is None else "-9 (SIGKILL)" if r["exit"] == -signal.SIGKILL else str(r["exit"])
+        cell = {k: "-" if r[k] is None else r[k] for k in ("frames_lost", "rows_dropped")}  # not counted
+        lines.append(f"| {r['fault']} | {cell['frames_lost']} | {cell['rows_dropped']} | {r['video_lost_s']:.2f} | "
+                     f"{lost} | {r.get('recover_s', '-')} | {exit_code} |")
     return "\n".join(lines)
 
 
@@ -194,11 +199,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=3, help="kill -9 runs (default 3)")
     p.add_argument("--seed", type=int, default=16)
+    p.add_argument("--only", default="disk,camera", metavar="KINDS", help="disk, camera or both (default)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    kinds = set(args.only.split(","))
+    if not kinds or kinds - {"disk", "camera"}:
+        p.error(f"--only {args.only!r}: give disk, camera or disk,camera")
     with tempfile.TemporaryDirectory(prefix="fer-faults-") as tmp:
         work = Path(tmp)
-        results = kill_runs(args.kills, args.seed, work) + [disk_full_run(work), full_disk_restart(work)]
+        results = []
+        if "disk" in kinds:
+            results += kill_runs(args.kills, args.seed, work) + [disk_full_run(work), full_disk_restart(work)]
+        if "camera" in kinds:
+            from camera_faults import camera_rows  # this folder: the script's own
+            results += camera_rows(work)
     print(json.dumps(results, indent=2) if args.json else table(results))
     return 0
 

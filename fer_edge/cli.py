@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from . import __version__
 from .cli_support import attach_negative_values, run_main
 from .config import Config, SERVICE_CONFIG, load_config, to_toml
-from .errors import EX_DATAERR, DataError, InputMissing, OutputError, UsageError
+from .errors import EX_DATAERR, ConfigError, DataError, InputMissing, OutputError, UsageError
 from .modelmeta import parse_input_range
 from .resources import resolve_model
 
@@ -73,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides["csv.enabled"] = False
     if getattr(args, "realtime", False):
         overrides["source.realtime"] = True
+    if getattr(args, "no_wait", False):
+        overrides["source.wait"] = False
     if getattr(args, "runtime", None):
         overrides["model.runtime"] = args.runtime
     for item in getattr(args, "set", []) or []:
@@ -100,8 +102,13 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
     from .runtime import EmotionClassifier
 
     path = model_path(cfg)
-    classifier = EmotionClassifier(path, num_threads=cfg.model.num_threads, runtime=cfg.model.runtime or None,
-                                   mirror_average=cfg.model.mirror_average, **model_overrides(args))
+    try:
+        classifier = EmotionClassifier(path, num_threads=cfg.model.num_threads, runtime=cfg.model.runtime or None,
+                                       mirror_average=cfg.model.mirror_average, **model_overrides(args))
+    except (InputMissing, DataError) as exc:
+        # The model file is part of the configuration: restarting cannot fix a missing or bad one
+        # (exit 78, which the service does not restart).
+        raise ConfigError(str(exc)) from None
     info = classifier.info
     log(f"model {path.name}: {info.extra.get('quantization', 'tflite')}, labels {', '.join(info.labels)}; "
         f"input {info.describe_preprocessing()}; runtime {classifier.runtime_name}, "
@@ -356,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="camera/video → annotated video + CSV log (the daemon)")
     run.add_argument("--source", metavar="SRC",
                      help="auto, picamera2, v4l2, a camera index or /dev/videoN, or a video file")
+    run.add_argument("--no-wait", action="store_true",
+                     help="exit (69) if the camera is absent at start instead of waiting for it (source.wait)")
     run.add_argument("--output", metavar="DIR", help="where video/ and csv/ go (output.directory)")
     run.add_argument("--display", action="store_true", help="show the annotated feed on a screen ('q' quits)")
     run.add_argument("--no-video", action="store_true", help="write the CSV log only")

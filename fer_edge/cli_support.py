@@ -1,6 +1,7 @@
 """What every console script shares: one-line errors with their exit codes, never a traceback."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -12,6 +13,10 @@ def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Seque
         return main(argv)
     except FerEdgeError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        if getattr(exc, "hard_exit", False):  # a thread stuck in a device call would block a normal exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

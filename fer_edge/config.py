@@ -34,6 +34,9 @@ class SourceConfig:
     height: int = 480
     fps: float = 30.0
     realtime: bool = False  # video files: pace at the file's own fps, dropping frames like a camera
+    wait: bool = True  # cameras: wait for one that is absent at start (false: exit 69 at once)
+    stall_seconds: float = 10.0  # cameras: a call that takes longer is a hang (reopen, or exit for picamera2)
+    retry_max_seconds: float = 60.0  # cameras: reopening backs off from 1 s, doubling up to this
 
 
 @dataclass
@@ -181,6 +184,8 @@ def _check(cfg: Config) -> None:
     need(s.kind != "file" or bool(s.path), "source.path", "must name a video file when source.kind is 'file'")
     need(s.width > 0 and s.height > 0, "source.width/height", "must be positive")
     need(s.fps > 0, "source.fps", "must be positive")
+    need(s.stall_seconds >= 1, "source.stall_seconds", f"is {s.stall_seconds:g}; use at least 1 (10 is a good start)")
+    need(s.retry_max_seconds >= 1, "source.retry_max_seconds", f"is {s.retry_max_seconds:g}; use at least 1")
     need(d.width >= 64, "detection.width", f"is {d.width}; use at least 64 (320 is a good start)")
     need(d.scale_factor > 1.0, "detection.scale_factor", f"is {d.scale_factor}; it must be above 1.0 (e.g. 1.1)")
     need(d.min_neighbors >= 0, "detection.min_neighbors", "must be 0 or more")

@@ -42,6 +42,18 @@ class Unavailable(FerEdgeError):
     exit_code = EX_UNAVAILABLE
 
 
+class CameraAbsent(Unavailable):
+    """No camera just now (unplugged, not yet connected, busy): a live source waits for it."""
+
+
+class CameraHung(Unavailable):
+    """A camera call that never returned, on a device this process cannot use again (picamera2).
+    The stuck thread cannot be joined, so the process exits without waiting for it (run_main) and
+    systemd starts a fresh one."""
+
+    hard_exit = True
+
+
 class OutputError(FerEdgeError):
     exit_code = EX_CANTCREAT
 

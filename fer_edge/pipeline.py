@@ -3,7 +3,8 @@
 Analysis (detect + classify) runs on every Nth frame, or adaptively at a target rate of
 media time; the frames in between are annotated with the latest results and recorded. Video is
 recorded always, or only while a face is in view (`video.record = "faces"`). Each stage's time is
-accumulated so `fer-edge bench` and the systemd STATUS can say where it goes.
+accumulated so `fer-edge bench` and the systemd STATUS can say where it goes. While a camera is
+away (see sources.LiveSource) the loop idles: no rows, the segment finished, the watchdog still fed.
 """
 from __future__ import annotations
 
@@ -119,6 +120,12 @@ class RecordGate:
         was, self.recording = self.recording, timestamp <= self._until
         return self.recording and not was, was and not self.recording
 
+    def interrupt(self) -> None:
+        """The picture went away: an event in progress ends, and the pre-roll no longer leads up to now."""
+        if not self.always:
+            self.recording, self._until = False, -math.inf
+        self.pre_roll.clear()
+
     @property
     def keeps_frame(self) -> bool:
         """Whether the current frame is recorded or held as pre-roll."""
@@ -149,6 +156,7 @@ class Pipeline:
         self.stats = RunStats()
         self.stop_event = threading.Event()
         self.reopen_event = threading.Event()
+        self._started = self._last_status = 0.0  # perf_counter times, set by run
 
     # --- signals -------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -166,12 +174,12 @@ class Pipeline:
     def run(self, max_frames: int | None = None) -> RunStats:
         st, clock = self.stats, time.perf_counter
         stage = st.stage_s
-        started = clock()
-        last_status = started
+        started = self._started = self._last_status = clock()
         shown: list[FaceResult] = []
+        away = False  # the camera is lost and what was in progress has been ended
         fps_window = _RateMeter()
         if self.notifier is not None:
-            self.notifier.ready(f"running on {self.source.name}")
+            self.notifier.ready(self.source.problem or f"running on {self.source.name}")
         try:
             while not self.stop_event.is_set():
                 t0 = clock()
@@ -179,7 +187,13 @@ class Pipeline:
                 t1 = clock()
                 stage["capture"] += t1 - t0
                 if frame is None:
-                    break
+                    if not self.source.live:
+                        break  # the end of a file; a camera only pauses
+                    if not away and self.source.problem:
+                        away, shown = True, self._camera_lost()
+                    self._housekeeping(t1)
+                    continue
+                away = False
                 if self.scheduler.due(frame, idle=not shown):  # 2. analyse: faces → predictions
                     detected = self._analyse(frame, shown)
                     shown = self.tracker.visible()
@@ -223,27 +237,44 @@ class Pipeline:
                 st.frames += 1
                 now = clock()
                 fps_window.tick(now)
-                if self.csv is not None:
-                    self.csv.tick()
-                if self.disk is not None:
-                    self.disk.tick()
-                if self.reopen_event.is_set():
-                    self.reopen_event.clear()
-                    if self.csv is not None:
-                        self.csv.reopen()
-                    if self.video is not None:
-                        self.video.new_segment()
-                if self.notifier is not None:
-                    self.notifier.maybe_watchdog(now)
-                    if now - last_status >= 5.0:
-                        last_status = now
-                        self.notifier.status(self.status_line(now - started))
+                self._housekeeping(now)
                 if max_frames is not None and st.frames >= max_frames:
                     break
         finally:
             st.seconds = clock() - started
             self.close()
         return st
+
+    def _housekeeping(self, now: float) -> None:
+        """Once a frame, and while a camera is away: CSV flushing, the disk budget, SIGHUP, watchdog
+        and STATUS."""
+        if self.csv is not None:
+            self.csv.tick()
+        if self.disk is not None:
+            self.disk.tick()
+        if self.reopen_event.is_set():
+            self.reopen_event.clear()
+            if self.csv is not None:
+                self.csv.reopen()
+            if self.video is not None:
+                self.video.new_segment()
+        if self.notifier is not None:
+            self.notifier.maybe_watchdog(now)
+            if now - self._last_status >= 5.0:
+                self._last_status = now
+                self.notifier.status(self.status_line(now - self._started))
+
+    def _camera_lost(self) -> list[FaceResult]:
+        """End what spans the gap: the video segment (finished, not left open while the camera is
+        away), a recording event and the face tracks. Returns the faces shown now: none."""
+        if self.video is not None:
+            self.video.new_segment()
+        self.gate.interrupt()
+        self.tracker = FaceTracker(self.classifier.labels, smoothing=self.cfg.analysis.smoothing)
+        if self.notifier is not None:
+            self._last_status = time.perf_counter()
+            self.notifier.status(self.status_line(self._last_status - self._started))
+        return []
 
     def _analyse(self, frame: Frame, shown: list[FaceResult]) -> list[FaceResult]:
         stage, clock = self.stats.stage_s, time.perf_counter
@@ -293,7 +324,9 @@ class Pipeline:
 
     def status_line(self, elapsed: float) -> str:
         st = self.stats
-        line = (f"frames {st.frames}, {st.frames / max(elapsed, 1e-9):.1f} fps, analysed {st.analysed}, "
+        problem = self.source.problem
+        line = ((f"{problem}; " if problem else "")
+                + f"frames {st.frames}, {st.frames / max(elapsed, 1e-9):.1f} fps, analysed {st.analysed}, "
                 f"faces {st.faces}, dropped {self.source.dropped}"
                 + (f", recorded {st.recorded}" if self.video is not None else ""))
         # what disk faults cost: rows and frames that could not be written

@@ -82,7 +82,11 @@ class EmotionClassifier:
         if not model_path.is_file():
             raise InputMissing(f"model {model_path} not found; pass --model PATH.tflite "
                                "or omit it to use the bundled default")
-        stored = read_model_info(model_path)
+        try:
+            stored = read_model_info(model_path)
+        except OSError as exc:  # e.g. not readable by the service user
+            raise InputMissing(f"model {model_path} cannot be read ({exc.strerror or exc}); check that it is "
+                               "readable by the user fer-edge runs as") from None
         self.runtime_name, interpreter_cls = load_runtime(runtime)
         try:
             self._interp = interpreter_cls(model_path=str(model_path), num_threads=num_threads)

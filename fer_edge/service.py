@@ -34,24 +34,49 @@ def _systemd_quote(text: str) -> str:
     return f'"{text}"' if re.search(r'[\s"\\]', text) else text
 
 
-def render_unit(template: str, *, executable: Path, config_path: Path, user: str) -> str:
-    """The unit text with ExecStart (and User/Group) rewritten for this install."""
+# Unit keys newer than bookworm's systemd 252, shipped commented out: (key, first systemd version).
+NEWER_KEYS = (("RestartSteps", 254), ("RestartMaxDelaySec", 254))
+
+
+def systemd_version() -> int:
+    """The running systemd's version (252 on bookworm, 257 on trixie); 0 when unknown."""
+    try:
+        done = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    match = re.match(r"systemd (\d+)", done.stdout)
+    return int(match.group(1)) if match else 0
+
+
+def newer_keys(version: int) -> list[str]:
+    """The commented-out keys this systemd knows, to be switched on."""
+    return [key for key, since in NEWER_KEYS if version >= since]
+
+
+def render_unit(template: str, *, executable: Path, config_path: Path, user: str, version: int = 0) -> str:
+    """The unit text with ExecStart (and User/Group) rewritten for this install, and the keys this
+    systemd `version` knows uncommented."""
     exec_start = f"ExecStart={_systemd_quote(str(executable))} run --config {_systemd_quote(str(config_path))}"
     text = re.sub(r"^ExecStart=.*$", lambda _: exec_start, template, count=1, flags=re.MULTILINE)
     text = re.sub(r"^User=.*$", f"User={user}", text, flags=re.MULTILINE)
+    for key in newer_keys(version):
+        text = re.sub(rf"^#({key}=)", r"\1", text, flags=re.MULTILINE)
     return re.sub(r"^Group=.*$", f"Group={user}", text, flags=re.MULTILINE)
 
 
 def install_service(*, dry_run: bool, executable: Path | None = None, user: str = "fer-edge",
                     config_path: Path = SERVICE_CONFIG, unit_dir: Path = Path("/etc/systemd/system"),
-                    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> list[str]:
+                    runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                    version: int | None = None) -> list[str]:
     """The install steps as shell lines; performs them unless dry_run.
 
     Steps: create the system user (or add an existing one to `video`), copy the example config to
     `config_path` unless one exists (never overwritten), write the unit, daemon-reload, enable --now.
     `runner` runs the commands (subprocess.run); the root check applies only to that default, since
-    another runner (tests) runs nothing on the system.
+    another runner (tests) runs nothing on the system. `version`: systemd's (default: the running one),
+    which decides whether the restart back-off keys (254+) are switched on.
     """
+    version = systemd_version() if version is None else version
     executable = Path(executable) if executable else Path(sys.executable).parent / "fer-edge"
     unit_src, example = find_resource(UNIT_FILE), find_resource(EXAMPLE_CONFIG)
     unit_path = Path(unit_dir) / UNIT_NAME
@@ -62,7 +87,8 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
             _write(config_path, example.read_text(), 0o644)
 
     def write_unit() -> None:
-        unit = render_unit(unit_src.read_text(), executable=executable, config_path=config_path, user=user)
+        unit = render_unit(unit_src.read_text(), executable=executable, config_path=config_path, user=user,
+                           version=version)
         _write(unit_path, unit, 0o644)
 
     steps: list[tuple[str, Callable[[], None] | None]] = []  # (shell line, what does it; None: nothing)
@@ -79,6 +105,7 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
     sed = [f"s|^ExecStart=.*|ExecStart={executable} run --config {config_path}|"]
     if user != "fer-edge":
         sed += [f"s|^User=.*|User={user}|", f"s|^Group=.*|Group={user}|"]
+    sed += [f"s|^#{key}=|{key}=|" for key in newer_keys(version)]
     sed_argv = ["sed"] + [arg for expr in sed for arg in ("-e", expr)] + [str(unit_src)]
     steps.append((f"{shlex.join(sed_argv)} > {shlex.quote(str(unit_path))}", write_unit))
     steps.append(_command(["systemctl", "daemon-reload"], runner))

@@ -39,3 +39,15 @@ def shared_file(shared_dir):
             pytest.skip(f"{path} is absent from the real data folder")
         return path
     return get
+
+
+def frame_count(path: Path) -> int:
+    """Frames of a video file that decode (without holding them all)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n

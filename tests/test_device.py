@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, requires_shared
+from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, frame_count, requires_shared
 from fer_edge.labels import EMOTIONS
 VIDEOS = SHARED / "data" / "videos"
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
@@ -45,15 +45,6 @@ def read_csvs(folder: Path) -> tuple[list[Path], list[dict]]:
         with f.open(newline="") as fh:
             rows += list(csv.DictReader(fh))
     return files, rows
-
-
-def frame_count(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 # --- the README's main command -----------------------------------------------------------------
@@ -373,23 +364,30 @@ def test_file_that_is_not_a_video(tmp_path):
     one_line_error(fer_edge("run", "--source", str(fake), "--output", str(tmp_path)), 65, "notes.mp4")
 
 
-def test_unopenable_camera_index(tmp_path):
-    one_line_error(fer_edge("run", "--source", "7", "--output", str(tmp_path)), 69, "camera 7")
-    one_line_error(fer_edge("run", "--source", "/dev/video9", "--output", str(tmp_path)), 69, "/dev/video9")
+def test_unopenable_camera_index_with_no_wait(tmp_path):
+    # --no-wait asks for the old exit; by default an absent camera is waited for (tests/test_camera.py)
+    one_line_error(fer_edge("run", "--source", "7", "--output", str(tmp_path), "--no-wait"), 69, "camera 7")
+    one_line_error(fer_edge("run", "--source", "/dev/video9", "--output", str(tmp_path), "--set", "source.wait=false"),
+                   69, "/dev/video9")
 
 
 def test_corrupt_model_file(tmp_path):
     real = (ROOT / "models" / "fer_default.tflite").read_bytes()
     corrupt = tmp_path / "corrupt.tflite"
     corrupt.write_bytes(real[: len(real) // 3])  # a truncated copy, as after a failed transfer
+    # The configured model is configuration: a missing or bad one is exit 78, which the service does
+    # not restart (restarting cannot fix it).
     one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(corrupt), "--output", str(tmp_path)),
-                   65, "corrupt.tflite")
+                   78, "corrupt.tflite")
     not_model = tmp_path / "model.tflite"
     not_model.write_bytes(b"\x00" * 64)
     one_line_error(fer_edge("detect", str(ROOT / "samples" / "make_sample.py"), "--model", str(not_model)),
-                   65, "not a TFLite model")
-    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(tmp_path / "none.tflite")), 66,
+                   78, "not a TFLite model")
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(tmp_path / "none.tflite")), 78,
                    "none.tflite")
+    a_folder = tmp_path / "folder.tflite"  # not a readable file (tests run as root: permissions do not stop root)
+    a_folder.mkdir()
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(a_folder)), 78, "folder.tflite")
 
 
 def test_unwritable_output_directory(tmp_path):
@@ -428,14 +426,17 @@ def test_picamera2_frame_layout_in_process(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "tests" / "fakes"))
     monkeypatch.setenv("FAKE_PICAMERA2_VIDEO", str(VIDEOS / "all_emo.mp4"))
     from fer_edge.config import SourceConfig
-    from fer_edge.sources import Picamera2Source
+    from fer_edge.sources import Picamera2Camera
 
-    with Picamera2Source(SourceConfig(kind="picamera2", width=640, height=360, fps=25), detection_width=320) as src:
-        frame = src.read()
-    assert frame.image.shape == (360, 640, 3)
-    assert frame.grey_small.shape == (180, 320)
-    expected = cv2.cvtColor(cv2.resize(frame.image, (320, 180)), cv2.COLOR_BGR2GRAY)
-    assert np.abs(frame.grey_small.astype(int) - expected.astype(int)).mean() < 6  # luma, not chroma
+    camera = Picamera2Camera(SourceConfig(kind="picamera2", width=640, height=360, fps=25), detection_width=320)
+    try:
+        image, grey_small = camera.grab()
+    finally:
+        camera.release()
+    assert image.shape == (360, 640, 3)
+    assert grey_small.shape == (180, 320)
+    expected = cv2.cvtColor(cv2.resize(image, (320, 180)), cv2.COLOR_BGR2GRAY)
+    assert np.abs(grey_small.astype(int) - expected.astype(int)).mean() < 6  # luma, not chroma
 
 
 # --- detect, evaluate ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ else:  # pragma: no cover
 from fer_edge.config import Config, load_config
 from fer_edge.errors import Unavailable
 from fer_edge.resources import EXAMPLE_CONFIG, UNIT_FILE, find_resource
-from fer_edge.service import install_service
+from fer_edge.service import install_service, render_unit
 from fer_edge.systemd import Notifier
 
 # -- Notifier ------------------------------------------------------------------------------------
@@ -172,8 +172,49 @@ def test_unit_runs_hardened_but_with_the_camera() -> None:
                  ("ExecStart", "/opt/fer-edge/venv/bin/fer-edge run --config /etc/fer-edge/config.toml")]:
         assert pair in service, pair
     assert not any(key == "PrivateDevices" for _, key, _ in directives)  # it would hide /dev/video*
-    unit = {key for section, key, _ in directives if section == "Unit"}
-    assert {"StartLimitIntervalSec", "StartLimitBurst"} <= unit  # in [Unit] since systemd 230
+    # never ends dead from a transient fault: no start limit (in [Unit] since systemd 230)
+    assert ("Unit", "StartLimitIntervalSec", "0") in directives
+    assert not any(key == "StartLimitBurst" for _, key, _ in directives)
+
+
+def analyze_version() -> int:
+    done = subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True)
+    match = re.match(r"systemd (\d+)", done.stdout)
+    return int(match.group(1)) if match else 0
+
+
+@needs_analyze
+def test_restart_back_off_only_where_systemd_has_it(tmp_path: Path) -> None:
+    """RestartSteps/RestartMaxDelaySec need systemd 254+ (trixie 257); bookworm's 252 warns about
+    unknown keys. The installer switches them on by the running systemd's version."""
+    template = find_resource(UNIT_FILE).read_text()
+    old = render_unit(template, executable=Path("/x/fer-edge"), config_path=Path("/c.toml"), user="fer-edge",
+                      version=252)
+    new = render_unit(template, executable=Path("/x/fer-edge"), config_path=Path("/c.toml"), user="fer-edge",
+                      version=257)
+    service = lambda text: {key: value for section, key, value in unit_directives(text) if section == "Service"}
+    assert "RestartSteps" not in service(old) and "RestartMaxDelaySec" not in service(old)
+    assert service(new)["RestartSteps"] == "4" and service(new)["RestartMaxDelaySec"] == "160"
+    assert service(old)["RestartSec"] == service(new)["RestartSec"] == "10"
+    for text in (old, new):
+        assert set(service(text)) - {"RestartSteps", "RestartMaxDelaySec"} == set(service(old))
+    here = analyze_version()
+    assert verify(unit_copy(tmp_path, render_unit(template, executable=Path("/x"), config_path=Path("/c"),
+                                                  user="fer-edge", version=here))) == []
+    complaints = verify(unit_copy(tmp_path, new))
+    if here >= 254:
+        assert complaints == []
+    else:  # what an older systemd does with them: a warning each, and the unit still loads
+        assert len(complaints) == 2 and all("Unknown key" in c and "ignoring" in c for c in complaints), \
+            complaints
+
+
+def test_installer_switches_the_back_off_on_by_version(tmp_path: Path) -> None:
+    for version, on in ((252, False), (257, True)):
+        steps = install_service(dry_run=True, executable=Path("/x/fer-edge"), user="fer-edge",
+                                config_path=tmp_path / "c.toml", unit_dir=tmp_path, version=version)
+        assert ("s|^#RestartSteps=|RestartSteps=|" in steps[2]) is on, steps[2]
+        assert ("s|^#RestartMaxDelaySec=|RestartMaxDelaySec=|" in steps[2]) is on, steps[2]
 
 
 # -- example config ------------------------------------------------------------------------------

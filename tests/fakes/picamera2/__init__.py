@@ -5,16 +5,35 @@ align_configuration, configure, start, capture_request → CompletedRequest.make
 stop, close) and the real buffer layouts: "RGB888" main frames are BGR-ordered HxWx3 arrays
 and "YUV420" lores frames are I420 buffers of shape (h*3/2, w). The pixels come from a real
 video file (FAKE_PICAMERA2_VIDEO), so the pipeline sees real faces.
+
+Faults, for tests of a camera that goes and comes back: FAKE_PICAMERA2_STATE names a file whose
+content is read at every call: "present" (or no file), "absent" (libcamera lists no camera and a
+running capture fails, as after the camera went away), or "hang" (capture_request, and stop() after
+it, block for ever, as picamera2 does after "Camera frontend has timed out").
 """
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import cv2
 
 CAMERAS = [{"Model": "fake-imx708", "Location": 2, "Rotation": 0, "Id": "/base/fake", "Num": 0}]
 # Record what the code under test asked for, so tests can check the configuration it chose.
 configured: list = []
+
+
+def _state() -> str:
+    path = os.environ.get("FAKE_PICAMERA2_STATE")
+    try:
+        return open(path).read().strip() if path else "present"
+    except FileNotFoundError:
+        return "present"
+
+
+def _hang() -> None:
+    threading.Event().wait()  # never set: the call does not return
 
 
 class CompletedRequest:
@@ -35,12 +54,14 @@ class CompletedRequest:
 class Picamera2:
     @staticmethod
     def global_camera_info() -> list:
-        return [] if os.environ.get("FAKE_PICAMERA2_NONE") else list(CAMERAS)
+        return [] if os.environ.get("FAKE_PICAMERA2_NONE") or _state() == "absent" else list(CAMERAS)
 
     def __init__(self, camera_num: int = 0):
         self._cap = cv2.VideoCapture(os.environ["FAKE_PICAMERA2_VIDEO"])
         self._config = None
         self.started = False
+        self._hung = False
+        self._due = 0.0  # monotonic time of the next frame
 
     def create_video_configuration(self, main=None, lores=None, controls=None, buffer_count=6, **_):
         return {"main": dict(main or {}), "lores": dict(lores) if lores else None,
@@ -62,6 +83,16 @@ class Picamera2:
         self.started = True
 
     def capture_request(self) -> CompletedRequest:
+        state = _state()
+        if state == "hang":
+            self._hung = True
+            _hang()
+        if state == "absent":
+            raise RuntimeError("Failed to queue buffer: No such device")
+        # a frame every 1/FrameRate seconds, as a sensor delivers them
+        period = 1.0 / float(self._config["controls"].get("FrameRate", 30.0))
+        self._due = max(self._due + period, time.monotonic())
+        time.sleep(max(0.0, self._due - time.monotonic()))
         ok, frame = self._cap.read()
         if not ok:  # loop the clip, like a camera that never ends
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -75,6 +106,8 @@ class Picamera2:
         return CompletedRequest(arrays)
 
     def stop(self) -> None:
+        if self._hung:
+            _hang()
         self.started = False
 
     def close(self) -> None:
