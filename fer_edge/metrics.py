@@ -100,10 +100,12 @@ def paired_comparison(truth: np.ndarray, predicted: np.ndarray, other: np.ndarra
 def format_paired(paired: dict[str, Any], this: str, other: str) -> str:
     verdict = ("a real difference (p < 0.05)" if paired["p_value"] < 0.05 else
                "no real difference (p >= 0.05): a coin could split them so")
+    # p_value is rounded to 6 places: 0 there means "smaller than that", not impossible
+    p_text = f"p = {paired['p_value']:.3g}" if paired["p_value"] > 0 else "p < 1e-6"
     return (f"against {other}: {paired['accuracy'] * 100:.2f}% vs {paired['other_accuracy'] * 100:.2f}%; "
             f"same answer on {paired['same_answer'] * 100:.1f}% of faces; only {this} right on "
             f"{paired['only_this_right']}, only {other} on {paired['only_other_right']}; McNemar z = "
-            f"{paired['mcnemar_z']:.2f}, p = {paired['p_value']:.3g}: {verdict}")
+            f"{paired['mcnemar_z']:.2f}, {p_text}: {verdict}")
 
 
 def format_report(report: dict[str, Any], title: str = "") -> str:
@@ -167,25 +169,31 @@ def format_label_sets(report: dict[str, Any], title: str = "") -> str:
 
 
 def save_confusion_png(report: dict[str, Any], path: str, title: str) -> None:
-    """Row-normalised confusion matrix image (needs matplotlib, a workstation/dev extra)."""
+    """Row-normalised confusion matrix image (needs matplotlib, a workstation/dev extra). A report
+    scored by FER+ votes too gets two panels, FER+ majority first: the label set the model card
+    leads with, beside FER2013's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = [(report["ferplus"], "by FER+ majority"), (report, "by FER2013 label")] if "ferplus" in report \
+        else [(report, "")]
     classes = report["classes"]
-    matrix = np.asarray(report["confusion"], np.float64)
-    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(f"{title}\naccuracy {report['accuracy'] * 100:.1f}% ({report['samples']} faces)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.6), dpi=110, squeeze=False)
+    for ax, (scored, label_set) in zip(axes[0], panels):
+        matrix = np.asarray(scored["confusion"], np.float64)
+        norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, f"{norm[i, j]:.2f}\n{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_title(f"{title} {label_set}".strip() +
+                     f"\naccuracy {scored['accuracy'] * 100:.1f}% ({scored['samples']} faces)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
