@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from fer_edge.cli_support import attach_negative_values, run_main
-from fer_edge.errors import UsageError
+from fer_edge.cli_support import attach_negative_values, check_writable, run_main
+from fer_edge.errors import OutputError, UsageError
 from fer_edge.labels import parse_labels
 from fer_edge.modelmeta import parse_input_range
 from fer_edge.metrics import format_report, save_confusion_png
@@ -69,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = None if args.labels == "auto" else parse_labels(args.labels)
     input_range = parse_range(args.input_range)
     output = args.output or args.model.with_name(f"{args.model.stem}_{args.quantize}.tflite")
+    png = args.confusion_png or (args.report.with_suffix(".png") if args.report and args.evaluate else None)
+    # every file this run will write, checked before TensorFlow loads and the model converts
+    check_writable(output, "output")
+    if args.report:
+        check_writable(args.report, "--report")
+    if png:
+        check_writable(png, "--confusion-png")
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
 
     from .convert import run_conversion  # imports TensorFlow: after argument errors are out of the way
@@ -99,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{report['size_bytes']['tflite'] / 1024:.1f} KiB; per-face latency (1 thread): "
               f"tflite {lat['tflite_one_face_ms']:.3f} ms ({lat['tflite_runtime']}), "
               f"keras model.predict {lat['keras_predict_one_face_ms']:.1f} ms")
-        png = args.confusion_png or (args.report.with_suffix(".png") if args.report else None)
         if png:
             save_confusion_png(evaluation["tflite"], str(png), f"{output.name} ({report['quantization']})")
             report["confusion_png"] = str(png)
@@ -107,8 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"wrote {output}")
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as exc:  # e.g. the disk filled during the conversion
+            raise OutputError(f"cannot write --report {args.report} ({exc.strerror or exc})") from None
         print(f"report: {args.report}")
     return 0
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import FerEdgeError
+from .errors import FerEdgeError, OutputError
 
 
 def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -34,3 +36,25 @@ def attach_negative_values(argv: Sequence[str], options: Sequence[str] = ("--inp
         else:
             out.append(arg)
     return out
+
+
+def check_writable(path: Path, what: str, *, folder: bool = False) -> None:
+    """Raise OutputError (73) unless `path` (a file, or with `folder` a directory) can be created or
+    written, by really creating something there and removing it: os.access says yes for root on a
+    read-only mount and for /proc. Nothing is left behind, so it can run before the work starts."""
+    path = Path(path)
+    if path.is_dir() != folder and path.exists():
+        raise OutputError(f"{what} {path} is {'a file' if folder else 'a folder'}; give "
+                          f"{'a folder' if folder else 'a file name'} there")
+    probe = path if folder and path.is_dir() else path.parent
+    while not probe.is_dir() and probe != probe.parent:  # the folders to create are made from here
+        probe = probe.parent
+    try:
+        if path.is_file():
+            with open(path, "ab"):  # appends nothing: the file stays as it is
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".fer-edge-probe-", dir=probe))
+    except OSError as exc:
+        raise OutputError(f"{what} {path} cannot be written ({exc.strerror or exc}); choose a writable "
+                          "place") from None

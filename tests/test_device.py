@@ -572,3 +572,40 @@ def test_doctor_reports_each_check():
     finally:
         taken.close()
     assert busy.returncode == 1 and "[FAIL] preview" in busy.stdout and "another preview.listen port" in busy.stdout
+
+
+def test_no_module_of_fer_edge_imports_in_a_circle():
+    """Every import counts, lazy ones inside functions too: a circle is a circle even if it only closes
+    at run time (bench and cli once imported each other that way)."""
+    import ast
+
+    package = ROOT / "fer_edge"
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        name = path.stem
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import y / from . import x
+                targets = [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fer_edge."):
+                targets = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("fer_edge.")]
+            else:
+                continue
+            graph[name] |= {t.split(".")[0] for t in targets if (package / f"{t.split('.')[0]}.py").is_file()}
+    assert graph["bench"] and graph["cli"], graph  # the parse found the imports at all
+
+    def cycle_from(start: str) -> list[str]:
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return trail + [start]
+                if nxt not in trail:
+                    stack.append((nxt, trail + [nxt]))
+        return []
+
+    circles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not circles, " ; ".join(" -> ".join(c) for c in circles)
