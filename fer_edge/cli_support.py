@@ -38,7 +38,7 @@ def attach_negative_values(argv: Sequence[str], options: Sequence[str] = ("--inp
     return out
 
 
-def check_writable(path: Path, what: str, *, folder: bool = False) -> None:
+def check_writable(path: Path, what: str, *, folder: bool = False, fix: str = "choose a writable place") -> None:
     """Raise OutputError (73) unless `path` (a file, or with `folder` a directory) can be created or
     written, by really creating something there and removing it: os.access says yes for root on a
     read-only mount and for /proc. Nothing is left behind, so it can run before the work starts."""
@@ -56,5 +56,4 @@ def check_writable(path: Path, what: str, *, folder: bool = False) -> None:
         else:
             os.rmdir(tempfile.mkdtemp(prefix=".fer-edge-probe-", dir=probe))
     except OSError as exc:
-        raise OutputError(f"{what} {path} cannot be written ({exc.strerror or exc}); choose a writable "
-                          "place") from None
+        raise OutputError(f"{what} {path} cannot be written ({exc.strerror or exc}); {fix}") from None

@@ -563,6 +563,11 @@ def test_doctor_reports_each_check():
         assert name in result.stdout
     broken = fer_edge("doctor", "--model", "/nonexistent/model.tflite")
     assert broken.returncode == 1 and "[FAIL] model" in broken.stdout
+    # /proc takes no new folder even from root, whatever os.access says: doctor agrees with run
+    unwritable = fer_edge("doctor", "--output", "/proc/fer-edge-x")
+    assert unwritable.returncode == 1 and "[FAIL] output" in unwritable.stdout, unwritable.stdout
+    assert "/proc/fer-edge-x" in unwritable.stdout and "all checks passed" not in unwritable.stdout
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--output", "/proc/fer-edge-x"), 73, "/proc/fer-edge-x")
     assert "[  ok] preview" in result.stdout and "off" in result.stdout
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
