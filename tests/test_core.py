@@ -137,6 +137,24 @@ def test_tracker_keeps_ids_and_smooths():
     assert c[0].face_id == 3  # a face after a long absence is a new track
 
 
+def test_tracker_follows_a_fast_face_and_hides_a_held_box_a_new_face_overlaps():
+    happy = np.eye(7, dtype=np.float32)[3]
+    tracker = FaceTracker(FER2013_ORDER)
+    first, = tracker.update(np.array([[159, 22, 98, 98]]), happy[None])
+    # the demo's astronaut between two analyses: 55 px right, a little larger (IoU 0.24)
+    moved, = tracker.update(np.array([[214, 19, 110, 110]]), happy[None])
+    assert moved.face_id == first.face_id
+    assert [f.face_id for f in tracker.visible()] == [first.face_id]
+    far, = tracker.update(np.array([[400, 200, 100, 100]]), happy[None])  # two sizes away: someone else
+    assert far.face_id != first.face_id
+    # the first face is held through this miss, but is not drawn where the new face now is
+    assert [f.face_id for f in tracker.visible()] == [first.face_id, far.face_id]
+    other = FaceTracker(FER2013_ORDER)
+    other.update(np.array([[100, 100, 50, 50]]), happy[None])
+    newcomer, = other.update(np.array([[100, 100, 150, 150]]), happy[None])  # 3x the size: not the same face
+    assert newcomer.face_id == 2 and [f.face_id for f in other.visible()] == [2]  # the held #1 overlaps it
+
+
 def frames(n: int, fps: float) -> list[Frame]:
     return [Frame(np.empty(0), i, i / fps, 0.0) for i in range(n)]
 

@@ -79,6 +79,43 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--since", "yesterday"), 64, "--since")
 
 
+def test_the_demo_face_keeps_one_id_as_it_moves_and_no_ghost_box_is_drawn_beside_it(tmp_path):
+    """`make demo` frames 106-112: the astronaut moves fast after the shuttle; a stale box used to
+    stay beside the face under a new id. What is drawn is recorded at the annotator itself."""
+    import argparse
+
+    from fer_edge.detector import FaceDetector
+    from fer_edge.options import config_from_args, open_classifier
+    from fer_edge.pipeline import Pipeline
+    from fer_edge.sinks import open_file_sinks
+    from fer_edge.sources import open_source
+    from fer_edge.tracker import iou_matrix
+
+    args = argparse.Namespace(source=str(SAMPLE), output=str(tmp_path), set=["csv.enabled=false"])
+    cfg = config_from_args(args)
+    classifier = open_classifier(args, cfg)
+    source = open_source(cfg.source, cfg.detection.width)
+    budget, video, _ = open_file_sinks(cfg, tmp_path, source, classifier.labels)
+    pipeline = Pipeline(cfg, source, classifier, FaceDetector(cfg.detection), video=video, disk=budget)
+    drawn: list[list] = []  # per recorded frame (record = always: every frame, in order)
+    draw = pipeline.annotator.draw
+
+    def recording_draw(image, faces, fps=None):
+        drawn.append([(f.face_id, f.box) for f in faces])
+        draw(image, faces, fps)
+    pipeline.annotator.draw = recording_draw
+    pipeline.run()
+    assert len(drawn) == 150
+    for index, faces in enumerate(drawn):
+        if len(faces) > 1:
+            boxes = np.array([box for _, box in faces], np.float32)
+            overlap = iou_matrix(boxes, boxes)[~np.eye(len(faces), dtype=bool)]
+            assert not (overlap > 0).any(), f"frame {index}: overlapping boxes {faces}"
+    assert all(len(drawn[i]) == 1 for i in range(106, 113)), drawn[100:115]
+    back = {face_id for faces in drawn[100:] for face_id, _ in faces}
+    assert len(back) == 1, back  # back after the shuttle: one face, one id to the end
+
+
 def test_record_faces_keeps_video_only_around_faces_one_file_per_event(tmp_path):
     # The sample has a face, then about 3.5 s of a shuttle model with none, then the face again.
     def run(out: str, pre: float, post: float) -> dict:
