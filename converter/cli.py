@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from fer_edge.cli_support import attach_negative_values, check_writable, run_main
+from fer_edge.cli_support import ArgumentParser, attach_negative_values, check_writable, run_main
 from fer_edge.errors import OutputError, UsageError
 from fer_edge.labels import parse_labels
 from fer_edge.modelmeta import parse_input_range
@@ -21,7 +21,7 @@ def parse_range(text: str) -> tuple[float, float] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="fer-convert",
         description="Convert a trained Keras FER model (.h5/.hdf5/.keras or SavedModel folder) to a "
                     "quantized .tflite that carries its labels and preprocessing.",

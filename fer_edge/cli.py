@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .cli_support import attach_negative_values, run_main
+from .cli_support import ArgumentParser, attach_negative_values, run_main
 from .config import to_toml
 from .errors import EX_DATAERR, DataError, InputMissing, OutputError, UsageError
 from .options import (add_config_options, add_model_options, config_from_args, log, model_overrides, model_path,
@@ -264,7 +264,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .summary import VISIT_GAP_SECONDS  # stdlib only: cheap at start-up
 
-    p = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n\n")[0] if __doc__ else None,
+    p = ArgumentParser(prog="fer-edge", description=__doc__.split("\n\n")[0] if __doc__ else None,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run 'fer-edge COMMAND --help' for a command's options.")
     p.add_argument("--version", action="version", version=f"fer-edge {__version__}")
@@ -348,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"(default {VISIT_GAP_SECONDS:g})")
     summ.add_argument("--since", metavar="ISO", help="leave out rows before this date or time, e.g. 2026-11-01")
     summ.add_argument("--json", action="store_true", help="one JSON object")
+    summ.add_argument("--output", metavar="DIR", help="the output directory whose csv/ to read (output.directory)")
     add_config_options(summ)
     summ.set_defaults(func=cmd_summary)
 
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds; figures are medians (default 3)")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)
+    p.commands = dict(sub.choices)
     return p
 
 

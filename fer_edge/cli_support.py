@@ -1,13 +1,14 @@
 """What every console script shares: one-line errors with their exit codes, never a traceback."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import FerEdgeError, OutputError
+from .errors import EX_USAGE, FerEdgeError, OutputError
 
 
 def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -25,6 +26,24 @@ def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Seque
         return 130
     except BrokenPipeError:  # `fer-edge ... | head`
         return 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with sysexits: a usage error exits 64 (EX_USAGE), not argparse's 2. Its subcommand
+    parsers are of this class too, and `commands` maps each name to its parser."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        args, extras = self.parse_known_args(args, namespace)
+        if extras:  # said by the subcommand's parser, so its usage is the one printed
+            command = self.commands.get(getattr(args, "command", None) or "", self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return args
 
 
 def attach_negative_values(argv: Sequence[str], options: Sequence[str] = ("--input-range",)) -> list[str]:

@@ -68,6 +68,7 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     period, = json.loads(told.stdout)["periods"]
     assert period["analyses"] == len(rows) and period["counts"]["happy"] == len(rows)
     assert period["first"] == rows[0]["timestamp"] and period["last"] == rows[-1]["timestamp"]
+    assert fer_edge("summary", "--output", str(tmp_path), "--by", "all", "--json").stdout == told.stdout  # as run's --output
     table = fer_edge("summary", str(tmp_path / "csv"))
     assert table.returncode == 0 and table.stdout.splitlines()[1].split()[1] == str(len(rows))
     visits = fer_edge("summary", str(tmp_path / "csv"), "--by", "visit", "--json")
@@ -378,6 +379,19 @@ def test_config_errors_exit_78_with_one_line(tmp_path):
     one_line_error(fer_edge("config", "--config", str(not_toml)), 78, "TOML")
     one_line_error(fer_edge("config", "--config", str(tmp_path / "missing.toml")), 78, "not found")
     one_line_error(fer_edge("config", "--set", "csv.flush_seconds=soon"), 78, "csv.flush_seconds")
+
+
+def test_usage_errors_exit_64_with_the_subcommands_own_usage():
+    bad_value = fer_edge("run", "--every", "abc")
+    assert bad_value.returncode == 64, bad_value.stderr
+    assert "Traceback" not in bad_value.stderr and "--every" in bad_value.stderr
+    unknown = fer_edge("summary", "--bogus")
+    assert unknown.returncode == 64, unknown.stderr
+    assert unknown.stderr.startswith("usage: fer-edge summary ") and "unrecognized arguments: --bogus" in unknown.stderr
+    assert fer_edge("detect").returncode == 64  # IMAGE missing
+    assert fer_edge("--bogus").returncode == 64
+    convert = subprocess.run([sys.executable, "-m", "converter.cli"], cwd=ROOT, capture_output=True, text=True)
+    assert convert.returncode == 64 and convert.stderr.startswith("usage: fer-convert"), convert.stderr
 
 
 def test_config_prints_the_effective_configuration_which_reads_back(tmp_path):
