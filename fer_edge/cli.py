@@ -19,7 +19,7 @@ from typing import Sequence
 
 from . import __version__
 from .cli_support import ArgumentParser, attach_negative_values, run_main
-from .config import to_toml
+from .config import OutputConfig, to_toml
 from .errors import EX_DATAERR, DataError, InputMissing, OutputError, UsageError
 from .options import (add_config_options, add_model_options, config_from_args, log, model_overrides, model_path,
                       open_classifier)
@@ -168,6 +168,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return np.concatenate([classifier.predict(fitted[i:i + 256]) for i in range(0, len(fitted), 256)])
 
     path = resolve_model(args.model)
+    for given, what in ((path, "MODEL.tflite, evaluate's first argument"),
+                        (resolve_model(args.against) if args.against else None, "--against OTHER.tflite")):
+        if given is not None and not given.is_file():
+            raise InputMissing(f"model {given} not found; give the path of a .tflite file as {what} "
+                               "(or a bundled one: models/fer_default.tflite, models/mini_xception_int8.tflite)")
     classifier = open_model(path, model_overrides(args))
     other = None
     if args.against:
@@ -275,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto, picamera2, v4l2, a camera index or /dev/videoN, or a video file")
     run.add_argument("--no-wait", action="store_true",
                      help="exit (69) if the camera is absent at start instead of waiting for it (source.wait)")
-    run.add_argument("--output", metavar="DIR", help="where video/ and csv/ go (output.directory)")
+    run.add_argument("--output", metavar="DIR", help=f"where video/ and csv/ go (output.directory; default "
+                                                      f"./{OutputConfig().directory}, the service's /var/lib/fer-edge)")
     run.add_argument("--display", action="store_true", help="show the annotated feed on a screen ('q' quits)")
     run.add_argument("--no-video", action="store_true", help="write the CSV log only")
     run.add_argument("--no-csv", action="store_true", help="write the video only")
@@ -294,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     det = sub.add_parser("detect", help="faces and emotions in images, as JSON")
-    det.add_argument("images", nargs="+", metavar="IMAGE")
+    det.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP): one JSON entry each")
     det.add_argument("--annotate", type=Path, metavar="DIR",
                      help="also write each image with its faces drawn, as DIR/<name>.annotated.<ext>")
     add_model_options(det)
@@ -302,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.set_defaults(func=cmd_detect)
 
     ev = sub.add_parser("evaluate", help="accuracy and calibration of a .tflite model on labelled faces (no TensorFlow)")
-    ev.add_argument("model", metavar="MODEL.tflite")
+    ev.add_argument("model", metavar="MODEL.tflite", help="the .tflite model to score (a path or a bundled name)")
     ev.add_argument("dataset", type=Path, metavar="PATH",
                     help="FER2013 folder (<class>/*.jpg) or fer2013.csv (.csv.gz)")
     ev.add_argument("--ferplus", type=Path, metavar="VOTES.csv",
@@ -315,8 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--usage", metavar="NAME", help="with a fer2013.csv: only rows with this Usage")
     ev.add_argument("--limit", type=int, metavar="N", help="a stratified sample of N faces")
     ev.add_argument("--strict", action="store_true", help="refuse a CSV with bad rows instead of skipping them")
-    ev.add_argument("--threads", type=int, default=None, metavar="N")
-    ev.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"))
+    ev.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="interpreter threads (default: the runtime's own choice)")
+    ev.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"),
+                    help="TFLite runtime to use (default: the best installed)")
     ev.add_argument("--mirror-average", action="store_true",
                     help="average each face with its mirror image, as model.mirror_average = true does in run")
     ev.add_argument("--labels", help="for a .tflite without fer-edge metadata: kaggle, fer2013 or a list")

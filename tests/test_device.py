@@ -394,6 +394,25 @@ def test_usage_errors_exit_64_with_the_subcommands_own_usage():
     assert convert.returncode == 64 and convert.stderr.startswith("usage: fer-convert"), convert.stderr
 
 
+def test_hints_name_options_that_exist_and_every_argument_is_explained():
+    import re
+
+    missing = fer_edge("evaluate", "nope.tflite", str(ROOT / "samples"))
+    one_line_error(missing, 66, "nope.tflite", "MODEL.tflite")
+    helps = {cmd: fer_edge(cmd, "--help").stdout for cmd in ("run", "detect", "evaluate")}
+    for option in re.findall(r"--[a-z][a-z-]+", missing.stderr):  # the hint names only evaluate's own options
+        assert option in helps["evaluate"], option
+    assert "--model" not in missing.stderr
+    assert re.search(r"IMAGE\s+image files", helps["detect"]), helps["detect"]
+    assert re.search(r"--threads N\s+interpreter threads", helps["evaluate"]), helps["evaluate"]
+    assert "fer-edge-output" in " ".join(helps["run"].split()), helps["run"]  # the default output folder
+    for cmd, text in helps.items():  # no option or positional without a word of help
+        lines = text.split("options:")[-1].splitlines() + text.split("positional arguments:")[-1].split("options:")[0].splitlines()
+        bare = [line for i, line in enumerate(lines) if re.fullmatch(r"  \S.*\S", line) and "  " not in line.strip()
+                and (i + 1 == len(lines) or not lines[i + 1].startswith(" " * 10))]
+        assert not bare, (cmd, bare)
+
+
 def test_config_prints_the_effective_configuration_which_reads_back(tmp_path):
     result = fer_edge("config", "--set", "video.segment_seconds=60", "--set", "video.max_bytes=2G")
     assert result.returncode == 0, result.stderr
