@@ -80,9 +80,10 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--since", "yesterday"), 64, "--since")
 
 
-def test_the_demo_face_keeps_one_id_as_it_moves_and_no_ghost_box_is_drawn_beside_it(tmp_path):
-    """`make demo` frames 106-112: the astronaut moves fast after the shuttle; a stale box used to
-    stay beside the face under a new id. What is drawn is recorded at the annotator itself."""
+@pytest.fixture(scope="module")
+def demo_drawn(tmp_path_factory) -> list[tuple[list, float | None]]:
+    """`make demo` in process, recording at the annotator itself what each frame shows: the boxes
+    (face id, box) and the frame rate drawn (record = always: every frame, in order)."""
     import argparse
 
     from fer_edge.detector import FaceDetector
@@ -90,22 +91,31 @@ def test_the_demo_face_keeps_one_id_as_it_moves_and_no_ghost_box_is_drawn_beside
     from fer_edge.pipeline import Pipeline
     from fer_edge.sinks import open_file_sinks
     from fer_edge.sources import open_source
-    from fer_edge.tracker import iou_matrix
 
-    args = argparse.Namespace(source=str(SAMPLE), output=str(tmp_path), set=["csv.enabled=false"])
+    out = tmp_path_factory.mktemp("demo")
+    args = argparse.Namespace(source=str(SAMPLE), output=str(out), set=["csv.enabled=false"])
     cfg = config_from_args(args)
     classifier = open_classifier(args, cfg)
     source = open_source(cfg.source, cfg.detection.width)
-    budget, video, _ = open_file_sinks(cfg, tmp_path, source, classifier.labels)
+    budget, video, _ = open_file_sinks(cfg, out, source, classifier.labels)
     pipeline = Pipeline(cfg, source, classifier, FaceDetector(cfg.detection), video=video, disk=budget)
-    drawn: list[list] = []  # per recorded frame (record = always: every frame, in order)
+    drawn: list[tuple[list, float | None]] = []
     draw = pipeline.annotator.draw
 
     def recording_draw(image, faces, fps=None):
-        drawn.append([(f.face_id, f.box) for f in faces])
+        drawn.append(([(f.face_id, f.box) for f in faces], fps))
         draw(image, faces, fps)
     pipeline.annotator.draw = recording_draw
     pipeline.run()
+    return drawn
+
+
+def test_the_demo_face_keeps_one_id_as_it_moves_and_no_ghost_box_is_drawn_beside_it(demo_drawn):
+    """`make demo` frames 106-112: the astronaut moves fast after the shuttle; a stale box used to
+    stay beside the face under a new id."""
+    from fer_edge.tracker import iou_matrix
+
+    drawn = [faces for faces, _ in demo_drawn]
     assert len(drawn) == 150
     for index, faces in enumerate(drawn):
         if len(faces) > 1:
@@ -115,6 +125,14 @@ def test_the_demo_face_keeps_one_id_as_it_moves_and_no_ghost_box_is_drawn_beside
     assert all(len(drawn[i]) == 1 for i in range(106, 113)), drawn[100:115]
     back = {face_id for faces in drawn[100:] for face_id, _ in faces}
     assert len(back) == 1, back  # back after the shuttle: one face, one id to the end
+
+
+def test_the_demo_video_shows_a_frame_rate_from_its_first_frame(demo_drawn):
+    # the demo is done in well under a second of wall-clock time: the counter must not wait for one
+    rates = [fps for _, fps in demo_drawn]
+    assert rates[0] == pytest.approx(15.0)  # the file's own rate, until the processing rate is known
+    assert all(r is not None and r > 0 for r in rates), rates
+    assert any(r != pytest.approx(15.0) for r in rates[40:])  # then the measured processing rate
 
 
 def test_record_faces_keeps_video_only_around_faces_one_file_per_event(tmp_path):
