@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .cli_support import ArgumentParser, attach_negative_values, run_main
+from .cli_support import ArgumentParser, attach_negative_values, check_writable, run_main
 from .config import OutputConfig, to_toml
 from .errors import EX_DATAERR, DataError, InputMissing, OutputError, UsageError
 from .options import (add_config_options, add_model_options, config_from_args, log, model_overrides, model_path,
@@ -36,29 +37,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(cfg.output.directory)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"output directory {out} cannot be created ({exc.strerror}); "
-                          "choose another with --output") from None
+    # Checked now, created only by the sinks: a run that fails before them (no camera, a bad
+    # model) leaves no empty output folder behind.
+    check_writable(out, "output directory", folder=True, fix="choose another with --output")
+    new_folder = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
     budget = video = csv = display = preview = None
     try:
-        if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
+        if cfg.preview.listen:  # before the files: a port in use must not leave empty output files behind
             from .preview import PreviewServer
             preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
+        if cfg.display.enabled:
+            display = Display()
         v = cfg.video
         # room for a whole pre-roll, so flushing it when a face appears does not stall capture
         queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
         budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
-        if cfg.display.enabled:
-            display = Display()
     except BaseException:
         for sink in (preview, video, csv, display, source):
             if sink is not None:
                 sink.close()
+        if new_folder is not None and new_folder.is_dir() and not any(p.is_file() for p in new_folder.rglob("*")):
+            shutil.rmtree(new_folder, ignore_errors=True)  # only folders this run made, and only if empty
         raise
     every = f"every {cfg.analysis.every} frame(s)" if cfg.analysis.every else \
         f"adaptive, {cfg.analysis.target_fps:g} analyses/s"

@@ -66,8 +66,10 @@ def check_writable(path: Path, what: str, *, folder: bool = False, fix: str = "c
         raise OutputError(f"{what} {path} is {'a file' if folder else 'a folder'}; give "
                           f"{'a folder' if folder else 'a file name'} there")
     probe = path if folder and path.is_dir() else path.parent
-    while not probe.is_dir() and probe != probe.parent:  # the folders to create are made from here
+    while not probe.exists() and probe != probe.parent:  # the folders to create are made from here
         probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{what} {path} cannot be created: {probe} is a file; {fix}")
     try:
         if path.is_file():
             with open(path, "ab"):  # appends nothing: the file stays as it is

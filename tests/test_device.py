@@ -471,11 +471,32 @@ def test_corrupt_model_file(tmp_path):
     not_model.write_bytes(b"\x00" * 64)
     one_line_error(fer_edge("detect", str(ROOT / "samples" / "make_sample.py"), "--model", str(not_model)),
                    78, "not a TFLite model")
-    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(tmp_path / "none.tflite")), 78,
-                   "none.tflite")
+    out = tmp_path / "out"
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(tmp_path / "none.tflite"),
+                            "--output", str(out)), 78, "none.tflite")
     a_folder = tmp_path / "folder.tflite"  # not a readable file (tests run as root: permissions do not stop root)
     a_folder.mkdir()
-    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(a_folder)), 78, "folder.tflite")
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(a_folder), "--output", str(out)), 78,
+                   "folder.tflite")
+    assert not out.exists()  # a run that failed before writing leaves no output folder
+
+
+def test_a_failed_run_leaves_no_output_folder_and_a_second_demo_replaces_the_first(tmp_path):
+    # no camera here: the default output folder of the working directory must not appear
+    done = subprocess.run([sys.executable, "-m", "fer_edge", "run", "--source", "7", "--no-wait"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    one_line_error(done, 69, "camera 7")
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+    out = tmp_path / "demo"  # `make demo` twice, then summary: the demo counted once
+    for _ in range(2):
+        venv = Path(sys.executable).parent.parent  # this environment's fer-edge, installed already
+        made = subprocess.run(["make", "-s", "demo", f"OUT={out}", f"VENV={venv}", "-o", f"{venv}/.device-installed"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, made.stderr
+    assert len(list((out / "csv").glob("*.csv"))) == 1 and len(list((out / "video").glob("*.mp4"))) == 1
+    once = json.loads(fer_edge("summary", "--output", str(out), "--by", "all", "--json").stdout)
+    _, rows = read_csvs(out / "csv")
+    assert once["periods"][0]["analyses"] == len(rows)
 
 
 def test_unwritable_output_directory(tmp_path):
