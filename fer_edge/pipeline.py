@@ -177,6 +177,7 @@ class Pipeline:
         started = self._started = self._last_status = clock()
         shown: list[FaceResult] = []
         away = False  # the camera is lost and what was in progress has been ended
+        live = self.source.live
         # a file's video shows its own rate until the processing rate is measured: a short clip is
         # processed in less than the second a camera's counter waits for
         fps_window = _RateMeter(None if self.source.live else self.source.fps)
@@ -204,8 +205,8 @@ class Pipeline:
                     if st.first_analysis_s is None:
                         st.first_analysis_s = clock() - self.t_created
                     t2 = clock()
-                    if self.csv is not None:
-                        self.csv.write(frame.wall_time, frame.index, detected)
+                    if self.csv is not None:  # a file's rows also say where in it they are
+                        self.csv.write(frame.wall_time, frame.index, detected, None if live else frame.timestamp)
                     if self.on_analysis is not None:
                         self.on_analysis(frame, detected)
                     if self.preview is not None:

@@ -75,6 +75,13 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     assert visits.returncode == 0, visits.stderr
     visit, = json.loads(visits.stdout)["periods"]  # a 10 s clip: the face's 2 s away is no new visit
     assert visit["analyses"] == len(rows) and visit["first"] == rows[0]["timestamp"]
+    # rows are at media time: the visit lasts the clip's 10 s, however fast it was processed
+    assert 9.0 <= visit["seconds"] <= 10.0, visit
+    for row in rows:
+        assert float(row["media_s"]) == pytest.approx(int(row["frame"]) / 15, abs=1e-3)
+        offset = datetime.fromisoformat(row["timestamp"]).timestamp() - datetime.fromisoformat(rows[0]["timestamp"]).timestamp()
+        assert offset == pytest.approx(float(row["media_s"]) - float(rows[0]["media_s"]), abs=2e-3)
+    assert "media time" in result.stderr
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--by", "visit", "--gap", "0"), 64, "--gap")
     one_line_error(fer_edge("summary", str(tmp_path / "nothing")), 66, "nothing", "csv/")
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--since", "yesterday"), 64, "--since")
@@ -439,6 +446,32 @@ def test_config_prints_the_effective_configuration_which_reads_back(tmp_path):
     saved.write_text(result.stdout)
     again = fer_edge("config", "--config", str(saved))
     assert again.stdout == result.stdout
+
+
+def test_a_files_rows_start_at_its_creation_time_else_its_modification_time_minus_its_duration(tmp_path):
+    import av
+
+    from fer_edge.sources import VideoFileSource
+
+    dated = tmp_path / "dated.mp4"  # as a camera app writes it: creation_time in the container
+    with av.open(str(dated), "w") as container:
+        container.metadata["creation_time"] = "2025-06-01T12:00:00.000000Z"
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(20):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")))
+        container.mux(stream.encode())
+    with VideoFileSource(dated) as source:
+        frames = [source.read() for _ in range(5)]
+    assert source.start_basis == "its creation_time"
+    assert [f.wall_time for f in frames] == pytest.approx([1748779200.0 + i / 10 for i in range(5)])
+    undated = tmp_path / "undated.mp4"  # OpenCV's writer leaves no creation_time
+    undated.write_bytes(SAMPLE.read_bytes())
+    os.utime(undated, (1_800_000_000, 1_800_000_000))
+    with VideoFileSource(undated) as source:
+        first = source.read()
+    assert "modification time" in source.start_basis
+    assert first.wall_time == pytest.approx(1_800_000_000 - 150 / 15)  # 150 frames at 15 fps end at the mtime
 
 
 def test_missing_video_file(tmp_path):
