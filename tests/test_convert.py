@@ -401,6 +401,19 @@ def test_cli_refuses_an_unwritable_output_before_converting(repo_root, shared_fi
 
 
 @requires_shared
+def test_cli_quiet_prints_only_the_summary_and_calibrates_on_exactly_the_faces_asked_for(repo_root, shared_file,
+                                                                                      tmp_path):
+    report = tmp_path / "r.json"
+    proc = cli(repo_root, shared_file(MODEL), "-o", tmp_path / "m.tflite", "-q", "--calibration", shared_file(CSV),
+               "--usage", "PublicTest", "--calibration-samples", "200", "--labels", "fer2013", "--input-range=-1,1",
+               "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no TensorFlow, Keras, converter or delegate chatter
+    assert proc.stdout.splitlines() == [f"wrote {tmp_path / 'm.tflite'}", f"report: {report}"]
+    assert json.loads(report.read_text())["calibration"]["samples"] == 200
+
+
+@requires_shared
 def test_cli_empty_calibration_folder(repo_root, shared_file, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -241,6 +241,18 @@ def test_stratified_sample_keeps_every_class():
     assert list(counts) == [90, 9, 1]
 
 
+@requires_shared
+def test_a_stratified_sample_has_exactly_the_size_asked_for_on_fer2013():
+    # FER2013 PublicTest's seven classes round up together: 300 asked used to give 301
+    faces = load_faces(SHARED / "data" / "fer2013_publictest.csv")
+    for n in (7, 10, 200, 300, 301, 1000):
+        picked = stratified_indices(faces.labels, n, seed=0)
+        assert len(picked) == n == len(set(picked.tolist())), n
+        assert len(np.unique(faces.labels[picked])) == 7
+    assert len(stratified_indices(faces.labels, 3, seed=0)) == 7  # every class once: more than 3
+    assert len(load_faces(SHARED / "data" / "fer2013" / "train", limit=200)) == 200
+
+
 def test_dataset_errors(tmp_path):
     with pytest.raises(DataError, match="no emotion class folders"):
         load_faces(tmp_path)

@@ -627,6 +627,14 @@ def test_evaluate_on_device_without_tensorflow():
 
 
 @requires_shared
+def test_evaluate_limit_scores_exactly_that_many_faces():
+    result = fer_edge("evaluate", str(ROOT / "models" / "fer_default.tflite"),
+                      str(SHARED / "data" / "fer2013_publictest.csv"), "--limit", "300", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["samples"] == 300
+
+
+@requires_shared
 def test_evaluate_against_another_model_tests_the_difference_on_the_same_faces():
     test = str(SHARED / "data" / "fer2013" / "test")
     result = fer_edge("evaluate", "models/fer_default.tflite", test, "--against", "models/mini_xception_int8.tflite",
