@@ -70,6 +70,9 @@ class VideoFileSource(Source):
         path = Path(path)
         if not path.is_file():
             raise InputMissing(f"video file {path} not found; check source.path / --source")
+        if cv2.haveImageReader(str(path)):  # by its content: FFmpeg would play a JPEG as a one-frame video
+            raise DataError(f"{path} is a still image, not a video; for the faces and emotions in an image "
+                            f"run `fer-edge detect {path}`")
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
             raise DataError(f"video file {path} could not be opened by OpenCV; is it a video (mp4, avi, mkv)?")

@@ -404,6 +404,33 @@ def test_config_errors_exit_78_with_one_line(tmp_path):
     one_line_error(fer_edge("config", "--config", str(not_toml)), 78, "TOML")
     one_line_error(fer_edge("config", "--config", str(tmp_path / "missing.toml")), 78, "not found")
     one_line_error(fer_edge("config", "--set", "csv.flush_seconds=soon"), 78, "csv.flush_seconds")
+    quoted = tmp_path / "quoted.toml"
+    quoted.write_text('[video]\nenabled = "no"\n')  # was silently false
+    one_line_error(fer_edge("run", "--config", str(quoted), "--source", str(SAMPLE), "--output", str(tmp_path / "o")),
+                   78, "quoted.toml", "video.enabled", "true or", "without quotes")
+    negative = tmp_path / "negative.toml"
+    negative.write_text("[csv]\nmax_files = -3\n")
+    one_line_error(fer_edge("config", "--config", str(negative)), 78, "negative.toml", "csv.max_files", "-3")
+    assert fer_edge("config", "--set", "video.enabled=no").returncode == 0  # --set values are text by nature
+
+
+def test_every_config_key_refuses_a_value_of_the_wrong_type_from_a_file(tmp_path):
+    import dataclasses
+
+    from fer_edge.config import Config, ConfigError, load_config
+
+    wrong = {bool: '"no"', int: '"many"', float: '"soon"', str: "5"}
+    checked = 0
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(getattr(Config(), section.name)):
+            kind = type(getattr(getattr(Config(), section.name), key.name))
+            path = tmp_path / f"{section.name}.{key.name}.toml"
+            path.write_text(f"[{section.name}]\n{key.name} = {wrong[kind]}\n")
+            with pytest.raises(ConfigError) as info:
+                load_config(path)
+            assert str(path) in str(info.value) and f"{section.name}.{key.name}" in str(info.value), info.value
+            checked += 1
+    assert checked >= 48  # every key of every section
 
 
 def test_usage_errors_exit_64_with_the_subcommands_own_usage():
@@ -483,6 +510,20 @@ def test_file_that_is_not_a_video(tmp_path):
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n")
     one_line_error(fer_edge("run", "--source", str(fake), "--output", str(tmp_path)), 65, "notes.mp4")
+
+
+def test_a_still_image_as_source_points_to_detect(tmp_path):
+    image = tmp_path / "face.jpg"
+    cap = cv2.VideoCapture(str(SAMPLE))
+    cv2.imwrite(str(image), cap.read()[1])
+    cap.release()
+    out = tmp_path / "out"
+    one_line_error(fer_edge("run", "--source", str(image), "--output", str(out)), 65, "face.jpg", "still image",
+                   "fer-edge detect")
+    assert not out.exists()
+    renamed = tmp_path / "face.mp4"  # told by its content, not its name
+    renamed.write_bytes(image.read_bytes())
+    one_line_error(fer_edge("run", "--source", str(renamed), "--output", str(out)), 65, "still image")
 
 
 def test_unopenable_camera_index_with_no_wait(tmp_path):
