@@ -208,8 +208,9 @@ def test_every_frame_on_real_video_logs_a_face_per_frame(tmp_path):
     labels = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     header = files[0].read_text().splitlines()[0].split(",")
     assert header == ["timestamp", "frame", "source", "face_id", "x", "y", "w", "h", "emotion", "confidence",
-                      *[f"p_{name}" for name in labels]]
+                      *[f"p_{name}" for name in labels], "media_s"]
     for row in rows:
+        assert float(row["media_s"]) == pytest.approx(int(row["frame"]) / 25, abs=2e-3)  # all_emo.mp4: 25 fps
         stamp = datetime.fromisoformat(row["timestamp"])
         assert stamp.utcoffset() is not None
         probs = np.array([float(row[f"p_{name}"]) for name in labels])
