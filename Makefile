@@ -21,7 +21,10 @@ $(VENV)/.dev-installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.device-installed
 
+# A second `make demo` replaces the first one's video and CSV, so `fer-edge summary --output $(OUT)`
+# counts the demo once.
 demo: $(VENV)/.device-installed
+	rm -rf $(OUT)/video $(OUT)/csv
 	$(BIN)/fer-edge run --source samples/sample_faces.mp4 --output $(OUT)
 	@echo "annotated video: $(OUT)/video/   emotion log: $(OUT)/csv/"
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from fer_edge.cli_support import attach_negative_values, run_main
-from fer_edge.errors import UsageError
+from fer_edge.cli_support import ArgumentParser, attach_negative_values, check_writable, run_main
+from fer_edge.errors import FerEdgeError, OutputError, UsageError
 from fer_edge.labels import parse_labels
 from fer_edge.modelmeta import parse_input_range
 from fer_edge.metrics import format_report, save_confusion_png
@@ -21,7 +24,7 @@ def parse_range(text: str) -> tuple[float, float] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="fer-convert",
         description="Convert a trained Keras FER model (.h5/.hdf5/.keras or SavedModel folder) to a "
                     "quantized .tflite that carries its labels and preprocessing.",
@@ -59,6 +62,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextmanager
+def framework_output(quiet: bool) -> Iterator[None]:
+    """TensorFlow, Keras and the TFLite converter print from Python and C++ alike (Keras' export
+    alone lists every captured tensor: ~80 lines). stdout is for the summary, so their output goes
+    to stderr; with -q into a file instead, shown only if the conversion fails unexpectedly (a
+    user mistake is our one error line)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    captured = tempfile.TemporaryFile() if quiet else None
+    unexpected = False
+    try:
+        os.dup2(captured.fileno() if captured else 2, 1)
+        if captured:
+            os.dup2(captured.fileno(), 2)
+        yield
+    except FerEdgeError:
+        raise
+    except BaseException:
+        unexpected = True
+        raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        if captured:
+            if unexpected:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace")[-4000:])
+            captured.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(attach_negative_values(argv))
@@ -69,16 +107,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = None if args.labels == "auto" else parse_labels(args.labels)
     input_range = parse_range(args.input_range)
     output = args.output or args.model.with_name(f"{args.model.stem}_{args.quantize}.tflite")
+    png = args.confusion_png or (args.report.with_suffix(".png") if args.report and args.evaluate else None)
+    # every file this run will write, checked before TensorFlow loads and the model converts
+    check_writable(output, "output")
+    if args.report:
+        check_writable(args.report, "--report")
+    if png:
+        check_writable(png, "--confusion-png")
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+
+    if args.quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads
 
     from .convert import run_conversion  # imports TensorFlow: after argument errors are out of the way
 
-    report = run_conversion(
-        args.model, output, quantize=args.quantize, calibration=args.calibration,
-        calibration_samples=args.calibration_samples, labels=labels, input_range=input_range,
-        evaluate_path=args.evaluate, usage=args.usage, strict=args.strict, seed=args.seed,
-        progress=sys.stderr.isatty() and not args.quiet, log=log, int8_calibration=args.int8_calibration,
-        ferplus=args.ferplus)
+    with framework_output(args.quiet):
+        report = run_conversion(
+            args.model, output, quantize=args.quantize, calibration=args.calibration,
+            calibration_samples=args.calibration_samples, labels=labels, input_range=input_range,
+            evaluate_path=args.evaluate, usage=args.usage, strict=args.strict, seed=args.seed,
+            progress=sys.stderr.isatty() and not args.quiet, log=log, int8_calibration=args.int8_calibration,
+            ferplus=args.ferplus)
     evaluation = report.get("evaluation")
     if evaluation:
         print(format_report(evaluation["float"], "float model"))
@@ -99,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{report['size_bytes']['tflite'] / 1024:.1f} KiB; per-face latency (1 thread): "
               f"tflite {lat['tflite_one_face_ms']:.3f} ms ({lat['tflite_runtime']}), "
               f"keras model.predict {lat['keras_predict_one_face_ms']:.1f} ms")
-        png = args.confusion_png or (args.report.with_suffix(".png") if args.report else None)
         if png:
             save_confusion_png(evaluation["tflite"], str(png), f"{output.name} ({report['quantization']})")
             report["confusion_png"] = str(png)
@@ -107,8 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"wrote {output}")
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as exc:  # e.g. the disk filled during the conversion
+            raise OutputError(f"cannot write --report {args.report} ({exc.strerror or exc})") from None
         print(f"report: {args.report}")
     return 0
 

@@ -6,14 +6,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from fer_edge.cli_support import run_main
+from fer_edge.cli_support import ArgumentParser, run_main
 from fer_edge.errors import InputMissing, UsageError
 
 CLASS_WEIGHTINGS = ("sqrt", "balanced", "none")  # mirrors converter.train (imported lazily: TensorFlow)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="fer-train",
         description="Train fer_edge_cnn (48x48 grey in, 7 emotions out in Kaggle alphabetical order, "
                     "input pixels/255 in [0,1]) on FER2013, with augmentation, class weighting, label "

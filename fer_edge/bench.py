@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from .cli_support import run_main
+from .errors import EX_SOFTWARE, DataError, FerEdgeError
+
 # Modules whose presence in a fer-edge process would mean the device path pulled in a framework.
 HEAVY_MODULES = ("tensorflow", "keras", "tf_keras", "torch", "jax")
 
@@ -53,7 +56,7 @@ def _boxes(faces) -> list[list]:
 def child_fer_edge(opts: argparse.Namespace) -> dict[str, Any]:
     """One `fer-edge run` on the video, built as cmd_run builds it, plus a hook that records
     what each analysis found and what the video shows (for the quality figures)."""
-    from .cli import config_from_args, open_classifier
+    from .options import config_from_args, open_classifier
     from .detector import FaceDetector
     from .pipeline import Pipeline
     from .sinks import open_file_sinks
@@ -95,6 +98,9 @@ def child_fer_edge(opts: argparse.Namespace) -> dict[str, Any]:
     cpu = time.process_time()
     stats = pipeline.run()
     cpu = time.process_time() - cpu
+    short = source.shortfall()
+    if short:  # figures over part of a file would pass for the whole one's
+        raise DataError(f"{short}; benchmark a whole video file")
     result = {
         "frames": stats.frames, "analysed": stats.analysed, "faces": stats.faces,
         "frames_with_faces": stats.frames_with_faces, "seconds": stats.seconds, "fps": stats.fps,
@@ -141,6 +147,9 @@ def child_floor(opts: argparse.Namespace) -> dict[str, Any]:
 
 CHILDREN: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "fer-edge": child_fer_edge, "floor": child_floor}
+
+
+CHILD_PROG = "fer-edge bench"
 
 
 def child_main(argv: Sequence[str]) -> int:
@@ -205,8 +214,13 @@ def run_child(contender: Contender, workdir: Path, timeout: float = 900.0) -> Ru
             time.sleep(0.02)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
     if proc.returncode != 0 or not result_file.is_file():
-        tail = log_file.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{contender.name} failed (exit {proc.returncode}):\n{tail}")
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+        # a user mistake (bad model, bad video) is the child's one error line, with its exit code
+        told = [line.partition(": error: ")[2] for line in lines if line.startswith(f"{CHILD_PROG}: error: ")]
+        if told:
+            raise FerEdgeError(told[-1], proc.returncode)
+        raise FerEdgeError(f"{contender.name} failed (exit {proc.returncode})"
+                           + (f": {lines[-1]}" if lines else ""), EX_SOFTWARE)
     data = json.loads(result_file.read_text())
     rss = max(usage.ru_maxrss / 1024, data.get("vm_hwm_mb", 0.0))  # ru_maxrss: KiB on Linux
     return Run(data["fps"], rss, data.get("first_frame_s"), data)
@@ -347,6 +361,8 @@ def video_info(path: str) -> dict[str, Any]:
 
     cap = cv2.VideoCapture(path)
     try:
+        if not cap.isOpened() or cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 0:
+            raise DataError(f"video file {path} could not be opened by OpenCV; is it a video (mp4, avi, mkv)?")
         return {"path": path, "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                 "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), "fps": round(cap.get(cv2.CAP_PROP_FPS), 3),
                 "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT))}
@@ -379,5 +395,5 @@ def run_bench(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
-        sys.exit(child_main(sys.argv[2:]))
+        sys.exit(run_main(CHILD_PROG, child_main, sys.argv[2:]))
     sys.exit("usage: fer-edge bench [VIDEO] [--json]  (this module's own entry is for its subprocesses)")

@@ -13,107 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from . import __version__
-from .cli_support import attach_negative_values, run_main
-from .config import Config, SERVICE_CONFIG, load_config, to_toml
-from .errors import EX_DATAERR, ConfigError, DataError, InputMissing, OutputError, UsageError
-from .modelmeta import parse_input_range
+from .cli_support import ArgumentParser, attach_negative_values, check_writable, run_main
+from .config import OutputConfig, to_toml
+from .errors import EX_DATAERR, DataError, InputMissing, OutputError, UsageError
+from .options import (add_config_options, add_model_options, config_from_args, log, model_overrides, model_path,
+                      open_classifier)
 from .resources import resolve_model
-
-LIVE_KINDS = ("auto", "picamera2", "v4l2")
-
-
-def log(message: str) -> None:
-    print(f"fer-edge: {message}", file=sys.stderr, flush=True)
-
-
-# --- shared options --------------------------------------------------------------------------
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="PATH.tflite", help="TFLite model (default: the bundled model)")
-    p.add_argument("--threads", type=int, metavar="N", help="interpreter threads (model.num_threads)")
-    p.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"),
-                   help="TFLite runtime to use (default: the best installed)")
-    p.add_argument("--labels", help="for a .tflite without fer-edge metadata: kaggle, fer2013 or a list")
-    p.add_argument("--input-range", metavar="LO,HI", help="for a .tflite without metadata: 0,1 or -1,1")
-
-
-def add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, metavar="FILE",
-                   help=f"TOML configuration (the service uses {SERVICE_CONFIG})")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any configuration key, e.g. --set video.segment_seconds=60")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    overrides: dict[str, Any] = {}
-    source = getattr(args, "source", None)
-    if source is not None:
-        if source in LIVE_KINDS:
-            overrides["source.kind"] = source
-        else:
-            overrides["source.path"] = source
-            if not (source.startswith("/dev/") or source.isdigit()):
-                overrides["source.kind"] = "file"
-    simple = {"output": "output.directory", "every": "analysis.every", "model": "model.path",
-              "threads": "model.num_threads", "detection_width": "detection.width",
-              "segment_seconds": "video.segment_seconds", "record": "video.record", "preview": "preview.listen"}
-    for attr, key in simple.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            overrides[key] = str(value) if attr == "output" else value
-    if getattr(args, "display", False):
-        overrides["display.enabled"] = True
-    if getattr(args, "no_video", False):
-        overrides["video.enabled"] = False
-    if getattr(args, "no_csv", False):
-        overrides["csv.enabled"] = False
-    if getattr(args, "realtime", False):
-        overrides["source.realtime"] = True
-    if getattr(args, "no_wait", False):
-        overrides["source.wait"] = False
-    if getattr(args, "runtime", None):
-        overrides["model.runtime"] = args.runtime
-    for item in getattr(args, "set", []) or []:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise UsageError(f"--set {item!r}: write it as SECTION.KEY=VALUE, e.g. video.enabled=false")
-        overrides[key.strip()] = value.strip()
-    return load_config(getattr(args, "config", None), overrides)
-
-
-def model_path(cfg: Config) -> Path:
-    return resolve_model(cfg.model.path)
-
-
-def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """--labels / --input-range, for a plain TFLite model that carries no fer-edge metadata."""
-    from .labels import parse_labels
-
-    labels, input_range = getattr(args, "labels", None), getattr(args, "input_range", None)
-    return {"labels": parse_labels(labels) if labels else None,
-            "input_range": parse_input_range(input_range) if input_range else None}
-
-
-def open_classifier(args: argparse.Namespace, cfg: Config):
-    from .runtime import EmotionClassifier
-
-    path = model_path(cfg)
-    try:
-        classifier = EmotionClassifier(path, num_threads=cfg.model.num_threads, runtime=cfg.model.runtime or None,
-                                       mirror_average=cfg.model.mirror_average, **model_overrides(args))
-    except (InputMissing, DataError) as exc:
-        # The model file is part of the configuration: restarting cannot fix a missing or bad one
-        # (exit 78, which the service does not restart).
-        raise ConfigError(str(exc)) from None
-    info = classifier.info
-    log(f"model {path.name}: {info.extra.get('quantization', 'tflite')}, labels {', '.join(info.labels)}; "
-        f"input {info.describe_preprocessing()}; runtime {classifier.runtime_name}, "
-        f"{cfg.model.num_threads} thread(s)" + ("; mirror-averaged" if cfg.model.mirror_average else ""))
-    return classifier
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -126,34 +38,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(cfg.output.directory)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"output directory {out} cannot be created ({exc.strerror}); "
-                          "choose another with --output") from None
+    # Checked now, created only by the sinks: a run that fails before them (no camera, a bad
+    # model) leaves no empty output folder behind.
+    check_writable(out, "output directory", folder=True, fix="choose another with --output")
+    new_folder = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
     budget = video = csv = display = preview = None
     try:
-        if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
+        if cfg.preview.listen:  # before the files: a port in use must not leave empty output files behind
             from .preview import PreviewServer
             preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
+        if cfg.display.enabled:
+            display = Display()
         v = cfg.video
         # room for a whole pre-roll, so flushing it when a face appears does not stall capture
         queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
         budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
-        if cfg.display.enabled:
-            display = Display()
     except BaseException:
         for sink in (preview, video, csv, display, source):
             if sink is not None:
                 sink.close()
+        if new_folder is not None and new_folder.is_dir() and not any(p.is_file() for p in new_folder.rglob("*")):
+            shutil.rmtree(new_folder, ignore_errors=True)  # only folders this run made, and only if empty
         raise
     every = f"every {cfg.analysis.every} frame(s)" if cfg.analysis.every else \
         f"adaptive, {cfg.analysis.target_fps:g} analyses/s"
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}")
+    if csv is not None and not source.live:
+        started = datetime.fromtimestamp(source.start_time).astimezone().isoformat(timespec="seconds")
+        log(f"csv: rows are stamped with media time: the file's start, {started} ({source.start_basis}), "
+            "plus each frame's position (column media_s)")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
                         preview=preview, notifier=Notifier(), disk=budget)
     if preview is not None:
@@ -258,6 +175,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return np.concatenate([classifier.predict(fitted[i:i + 256]) for i in range(0, len(fitted), 256)])
 
     path = resolve_model(args.model)
+    for given, what in ((path, "MODEL.tflite, evaluate's first argument"),
+                        (resolve_model(args.against) if args.against else None, "--against OTHER.tflite")):
+        if given is not None and not given.is_file():
+            raise InputMissing(f"model {given} not found; give the path of a .tflite file as {what} "
+                               "(or a bundled one: models/fer_default.tflite, models/mini_xception_int8.tflite)")
     classifier = open_model(path, model_overrides(args))
     other = None
     if args.against:
@@ -354,7 +276,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .summary import VISIT_GAP_SECONDS  # stdlib only: cheap at start-up
 
-    p = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n\n")[0] if __doc__ else None,
+    p = ArgumentParser(prog="fer-edge", description=__doc__.split("\n\n")[0] if __doc__ else None,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run 'fer-edge COMMAND --help' for a command's options.")
     p.add_argument("--version", action="version", version=f"fer-edge {__version__}")
@@ -365,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto, picamera2, v4l2, a camera index or /dev/videoN, or a video file")
     run.add_argument("--no-wait", action="store_true",
                      help="exit (69) if the camera is absent at start instead of waiting for it (source.wait)")
-    run.add_argument("--output", metavar="DIR", help="where video/ and csv/ go (output.directory)")
+    run.add_argument("--output", metavar="DIR", help=f"where video/ and csv/ go (output.directory; default "
+                                                      f"./{OutputConfig().directory}, the service's /var/lib/fer-edge)")
     run.add_argument("--display", action="store_true", help="show the annotated feed on a screen ('q' quits)")
     run.add_argument("--no-video", action="store_true", help="write the CSV log only")
     run.add_argument("--no-csv", action="store_true", help="write the video only")
@@ -384,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     det = sub.add_parser("detect", help="faces and emotions in images, as JSON")
-    det.add_argument("images", nargs="+", metavar="IMAGE")
+    det.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP): one JSON entry each")
     det.add_argument("--annotate", type=Path, metavar="DIR",
                      help="also write each image with its faces drawn, as DIR/<name>.annotated.<ext>")
     add_model_options(det)
@@ -392,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     det.set_defaults(func=cmd_detect)
 
     ev = sub.add_parser("evaluate", help="accuracy and calibration of a .tflite model on labelled faces (no TensorFlow)")
-    ev.add_argument("model", metavar="MODEL.tflite")
+    ev.add_argument("model", metavar="MODEL.tflite", help="the .tflite model to score (a path or a bundled name)")
     ev.add_argument("dataset", type=Path, metavar="PATH",
                     help="FER2013 folder (<class>/*.jpg) or fer2013.csv (.csv.gz)")
     ev.add_argument("--ferplus", type=Path, metavar="VOTES.csv",
@@ -405,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--usage", metavar="NAME", help="with a fer2013.csv: only rows with this Usage")
     ev.add_argument("--limit", type=int, metavar="N", help="a stratified sample of N faces")
     ev.add_argument("--strict", action="store_true", help="refuse a CSV with bad rows instead of skipping them")
-    ev.add_argument("--threads", type=int, default=None, metavar="N")
-    ev.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"))
+    ev.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="interpreter threads (default: the runtime's own choice)")
+    ev.add_argument("--runtime", choices=("litert", "tflite-runtime", "tensorflow"),
+                    help="TFLite runtime to use (default: the best installed)")
     ev.add_argument("--mirror-average", action="store_true",
                     help="average each face with its mirror image, as model.mirror_average = true does in run")
     ev.add_argument("--labels", help="for a .tflite without fer-edge metadata: kaggle, fer2013 or a list")
@@ -438,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"(default {VISIT_GAP_SECONDS:g})")
     summ.add_argument("--since", metavar="ISO", help="leave out rows before this date or time, e.g. 2026-11-01")
     summ.add_argument("--json", action="store_true", help="one JSON object")
+    summ.add_argument("--output", metavar="DIR", help="the output directory whose csv/ to read (output.directory)")
     add_config_options(summ)
     summ.set_defaults(func=cmd_summary)
 
@@ -447,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, metavar="N", help="interleaved rounds; figures are medians (default 3)")
     add_model_options(bench)
     bench.set_defaults(func=cmd_bench)
+    p.commands = dict(sub.choices)
     return p
 
 

@@ -135,6 +135,26 @@ def parse_size(text: str) -> int:
     return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
 
 
+def _check_type(where: str, key: str, value: Any, kind: type) -> None:
+    """A TOML file's value must have its key's type (a number for a float; a size key also takes
+    text such as "500M"): `enabled = "no"` would otherwise pass for a setting it is not."""
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (key in _SIZE_KEYS and isinstance(value, str))
+    else:
+        ok = type(value) is kind
+    if ok:
+        return
+    got = {bool: "a boolean", int: "a number", float: "a number", str: "text"}.get(type(value), type(value).__name__)
+    fix = {bool: f"write {key} = true or {key} = false, without quotes",
+           int: f"write a whole number without quotes, e.g. {key} = 60",
+           float: f"write a number without quotes, e.g. {key} = 1.5",
+           str: f'write it in quotes, e.g. {key} = "{value}"'}[kind]
+    wanted = {bool: "a boolean", int: "a whole number", float: "a number", str: "text"}[kind]
+    raise ConfigError(f"{where} is {value!r}, {got}, but it takes {wanted}; {fix}")
+
+
 def _coerce(where: str, key: str, value: Any, kind: type) -> Any:
     if kind is bool:
         if isinstance(value, bool):
@@ -174,15 +194,22 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
-def _check(cfg: Config) -> None:
-    def need(ok: bool, where: str, what: str) -> None:
+def _check(cfg: Config, origins: dict[str, str]) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise ConfigError(f"{where} {what}")
+            origin = origins.get(key)
+            raise ConfigError(f"{origin + ': ' if origin else ''}{key} {what}")
+
+    def at_least_zero(section: str, *keys: str) -> None:
+        for key in keys:
+            value = getattr(getattr(cfg, section), key)
+            need(value >= 0, f"{section}.{key}", f"is {value:g}; use 0 (no limit) or more")
 
     s, d, m, a, v, c = cfg.source, cfg.detection, cfg.model, cfg.analysis, cfg.video, cfg.csv
     need(s.kind in SOURCE_KINDS, "source.kind", f"is {s.kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
     need(s.kind != "file" or bool(s.path), "source.path", "must name a video file when source.kind is 'file'")
-    need(s.width > 0 and s.height > 0, "source.width/height", "must be positive")
+    need(s.width > 0, "source.width", "must be positive")
+    need(s.height > 0, "source.height", "must be positive")
     need(s.fps > 0, "source.fps", "must be positive")
     need(s.stall_seconds >= 1, "source.stall_seconds", f"is {s.stall_seconds:g}; use at least 1 (10 is a good start)")
     need(s.retry_max_seconds >= 1, "source.retry_max_seconds", f"is {s.retry_max_seconds:g}; use at least 1")
@@ -206,11 +233,9 @@ def _check(cfg: Config) -> None:
     need(v.post_roll_seconds >= 0, "video.post_roll_seconds", "must be 0 or more")
     need(v.codec == "auto" or len(v.codec) == 4, "video.codec",
          f"is {v.codec!r}; use auto, h264 (PyAV) or an OpenCV FourCC such as mp4v or MJPG")
-    need(min(v.max_files, v.max_bytes, v.min_free_bytes, v.max_age_days) >= 0, "video retention",
-         "values must be 0 or more")
-    need(c.max_bytes >= 0 and c.rotate_seconds >= 0, "csv rotation", "values must be 0 or more")
-    need(min(c.max_files, c.max_total_bytes, c.max_age_days, c.min_free_bytes) >= 0, "csv retention",
-         "values must be 0 or more")
+    at_least_zero("video", "max_files", "max_bytes", "min_free_bytes", "max_age_days")
+    at_least_zero("csv", "max_bytes", "rotate_seconds", "max_files", "max_total_bytes", "max_age_days",
+                  "min_free_bytes")
     need(c.flush_seconds > 0, "csv.flush_seconds", "must be positive")
     need(c.sync_seconds > 0, "csv.sync_seconds", "must be positive")
     need(bool(cfg.output.directory), "output.directory", "must not be empty")
@@ -219,7 +244,8 @@ def _check(cfg: Config) -> None:
     need(cfg.preview.fps > 0, "preview.fps", "must be positive")
 
 
-def _apply(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:
+def _apply(cfg: Config, section: str, key: str, value: Any, origin: str, origins: dict[str, str],
+           from_file: bool = False) -> None:
     sections = {f.name: f for f in fields(Config)}
     if section not in sections:
         hint = difflib.get_close_matches(section, sections, n=1)
@@ -232,12 +258,16 @@ def _apply(cfg: Config, section: str, key: str, value: Any, origin: str) -> None
         raise ConfigError(f"{origin}: unknown key {section}.{key}"
                           + (f"; did you mean {section}.{hint[0]}?" if hint else
                              f"; known: {', '.join(hints)}"))
+    if from_file:  # --set values are text by nature; a file's have types of their own
+        _check_type(f"{origin}: {section}.{key}", key, value, hints[key])
     setattr(target, key, _coerce(f"{origin}: {section}.{key}", key, value, hints[key]))
+    origins[f"{section}.{key}"] = origin
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file, then `overrides` ({"section.key": value})."""
     cfg = Config()
+    origins: dict[str, str] = {}  # "section.key" -> the file (or "command line") that set it
     if path is not None:
         path = Path(path)
         try:
@@ -253,11 +283,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
             for key, value in table.items():
-                _apply(cfg, section, key, value, str(path))
+                _apply(cfg, section, key, value, str(path), origins, from_file=True)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        _apply(cfg, section, key, value, "command line")
-    _check(cfg)
+        _apply(cfg, section, key, value, "command line", origins)
+    _check(cfg, origins)
     return cfg
 
 

@@ -50,16 +50,26 @@ class FaceSet:
 
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """About n indices, each class in proportion to its share, every present class at least once."""
+    """n indices, each class in proportion to its share, every present class at least once (so
+    more than n only when n is below the number of classes).
+
+    Shares are whole faces by largest remainder: rounding each class on its own gave n + 1 or
+    n - 1 (`--calibration-samples 200` drew 201)."""
     rng = np.random.default_rng(seed)
     total = len(labels)
     if n >= total:
         return np.arange(total)
-    picked = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        take = max(1, round(n * len(members) / total))
-        picked.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    classes, sizes = np.unique(labels, return_counts=True)
+    quotas = n * sizes / total
+    take = np.clip(np.floor(quotas).astype(int), 1, sizes)
+    order = np.argsort(-(quotas - np.floor(quotas)), kind="stable")  # largest remainder first
+    while take.sum() < n:
+        room = [i for i in order if take[i] < sizes[i]]  # never empty: n < total
+        for i in room[: n - take.sum()]:
+            take[i] += 1
+    while take.sum() > n and (take > 1).any():  # the minimum of one pushed it over: take from the largest
+        take[int(np.argmax(np.where(take > 1, take - quotas, -np.inf)))] -= 1
+    picked = [rng.choice(np.flatnonzero(labels == cls), size=k, replace=False) for cls, k in zip(classes, take)]
     return np.sort(np.concatenate(picked))
 
 

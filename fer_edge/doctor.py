@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .cli_support import check_writable
 from .errors import FerEdgeError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -102,11 +103,11 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
     def output():
         cfg = cfg_holder.get("cfg")
         out = Path(getattr(args, "output", None) or (cfg.output.directory if cfg else "."))
+        # really creates something there, as run will: os.access says yes to root on /proc or a read-only mount
+        check_writable(out, "output directory", folder=True, fix="choose another with --output or fix permissions")
         probe = out
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            return FAIL, f"{out} is not writable by this user; choose --output or fix permissions"
         free = shutil.disk_usage(probe).free
         need = cfg.video.min_free_bytes if cfg else 0
         status = OK if free > max(need, 1) * 2 else WARN

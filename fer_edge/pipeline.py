@@ -177,7 +177,10 @@ class Pipeline:
         started = self._started = self._last_status = clock()
         shown: list[FaceResult] = []
         away = False  # the camera is lost and what was in progress has been ended
-        fps_window = _RateMeter()
+        live = self.source.live
+        # a file's video shows its own rate until the processing rate is measured: a short clip is
+        # processed in less than the second a camera's counter waits for
+        fps_window = _RateMeter(None if self.source.live else self.source.fps)
         if self.notifier is not None:
             self.notifier.ready(self.source.problem or f"running on {self.source.name}")
         try:
@@ -202,8 +205,8 @@ class Pipeline:
                     if st.first_analysis_s is None:
                         st.first_analysis_s = clock() - self.t_created
                     t2 = clock()
-                    if self.csv is not None:
-                        self.csv.write(frame.wall_time, frame.index, detected)
+                    if self.csv is not None:  # a file's rows also say where in it they are
+                        self.csv.write(frame.wall_time, frame.index, detected, None if live else frame.timestamp)
                     if self.on_analysis is not None:
                         self.on_analysis(frame, detected)
                     if self.preview is not None:
@@ -350,17 +353,21 @@ class Pipeline:
 
 
 class _RateMeter:
-    """Frames per second over the last second or so, for the on-frame counter."""
+    """Frames per second over the last second or WINDOW_FRAMES frames, whichever is first, for the
+    on-frame counter; `initial` until the first measurement."""
 
-    def __init__(self) -> None:
-        self.rate: float | None = None
+    WINDOW_FRAMES = 30
+
+    def __init__(self, initial: float | None = None) -> None:
+        self.rate: float | None = initial
         self._t0: float | None = None
         self._n = 0
 
     def tick(self, now: float) -> None:
         if self._t0 is None:
             self._t0 = now
+            return  # the window starts at the first frame's end
         self._n += 1
-        if now - self._t0 >= 1.0:
+        if now - self._t0 >= 1.0 or (self._n >= self.WINDOW_FRAMES and now > self._t0):
             self.rate = self._n / (now - self._t0)
             self._t0, self._n = now, 0

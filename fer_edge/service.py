@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import SERVICE_CONFIG
-from .errors import InputMissing, OutputError, Unavailable
+from .errors import ConfigError, FerEdgeError, InputMissing, OutputError, Unavailable
 from .resources import EXAMPLE_CONFIG, UNIT_FILE, find_resource
 
 UNIT_NAME = "fer-edge.service"
@@ -82,44 +82,122 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
     unit_path = Path(unit_dir) / UNIT_NAME
     config_path = Path(config_path)
 
+    wrote_config = []
+
     def write_config() -> None:
         if not config_path.exists():  # checked again: never overwrite an administrator's config
             _write(config_path, example.read_text(), 0o644)
+            wrote_config.append(config_path)
+
+    def remove_config() -> None:
+        for path in wrote_config:  # only the one this install wrote
+            path.unlink()
 
     def write_unit() -> None:
         unit = render_unit(unit_src.read_text(), executable=executable, config_path=config_path, user=user,
                            version=version)
         _write(unit_path, unit, 0o644)
 
-    steps: list[tuple[str, Callable[[], None] | None]] = []  # (shell line, what does it; None: nothing)
+    # (shell line, what does it or None, how to undo it or None, what it leaves if not undone or "")
+    steps: list[tuple[str, Callable[[], None] | None, Callable[[], None] | None, str]] = []
     if _user_exists(user):  # make sure an existing user can open the camera
-        argv = ["usermod", "--append", "--groups", "video", user]
+        line, action = _command(["usermod", "--append", "--groups", "video", user], runner)
+        steps.append((line, action, None, f"user {user} added to the group video (gpasswd -d {user} video)"))
     else:
-        argv = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", STATE_DIR,
-                "--shell", "/usr/sbin/nologin", "--groups", "video", user]
-    steps.append(_command(argv, runner))
+        line, action = _command(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", STATE_DIR,
+                                 "--shell", "/usr/sbin/nologin", "--groups", "video", user], runner)
+        steps.append((line, action, lambda: _run(runner, ["userdel", user]), f"user {user} (userdel {user})"))
     if config_path.exists():
-        steps.append((f"# keep {shlex.quote(str(config_path))} (exists; never overwritten)", None))
+        steps.append((f"# keep {shlex.quote(str(config_path))} (exists; never overwritten)", None, None, ""))
     else:
-        steps.append((shlex.join(["install", "-D", "-m", "0644", str(example), str(config_path)]), write_config))
+        steps.append((shlex.join(["install", "-D", "-m", "0644", str(example), str(config_path)]), write_config,
+                      remove_config, f"config {config_path}"))
     sed = [f"s|^ExecStart=.*|ExecStart={executable} run --config {config_path}|"]
     if user != "fer-edge":
         sed += [f"s|^User=.*|User={user}|", f"s|^Group=.*|Group={user}|"]
     sed += [f"s|^#{key}=|{key}=|" for key in newer_keys(version)]
     sed_argv = ["sed"] + [arg for expr in sed for arg in ("-e", expr)] + [str(unit_src)]
-    steps.append((f"{shlex.join(sed_argv)} > {shlex.quote(str(unit_path))}", write_unit))
-    steps.append(_command(["systemctl", "daemon-reload"], runner))
-    steps.append(_command(["systemctl", "enable", "--now", UNIT_NAME], runner))
+
+    def remove_unit() -> None:
+        unit_path.unlink()
+        _run(runner, ["systemctl", "daemon-reload"])
+    steps.append((f"{shlex.join(sed_argv)} > {shlex.quote(str(unit_path))}", write_unit, remove_unit,
+                  f"unit {unit_path}"))
+    steps.append((*_command(["systemctl", "daemon-reload"], runner), None, ""))  # undone with the unit
+    disable = ["systemctl", "disable", "--now", UNIT_NAME]
+
+    def enable_now() -> None:
+        try:
+            _run(runner, ["systemctl", "enable", "--now", UNIT_NAME])
+        except FerEdgeError:  # enabled but not started, perhaps: undone with the rest
+            try:
+                _run(runner, disable)
+            except FerEdgeError:
+                pass
+            raise
+    steps.append((shlex.join(["systemctl", "enable", "--now", UNIT_NAME]), enable_now,
+                  lambda: _run(runner, disable), f"{UNIT_NAME} enabled"))
+    check_executable(executable, unit_src.read_text())
     if not dry_run:
         if runner is subprocess.run and os.geteuid() != 0:
             raise Unavailable("installing the service needs root: run with sudo (or use --dry-run to see the steps)")
-        if not executable.is_file():
-            raise InputMissing(f"fer-edge executable {executable} not found; pass the path of the installed "
-                               "fer-edge script (e.g. /opt/fer-edge/venv/bin/fer-edge)")
-        for _, action in steps:
+        _perform(steps)
+    return [line for line, *_ in steps]
+
+
+def _perform(steps) -> None:
+    """Each step in turn; when one fails, undo the ones done, newest first, and say in the error
+    what was undone and what is left."""
+    done = []
+    try:
+        for line, action, undo, leaves in steps:
             if action is not None:
                 action()
-    return [line for line, _ in steps]
+                done.append((undo, leaves))
+    except FerEdgeError as exc:
+        undone, left = [], []
+        for undo, leaves in reversed(done):
+            if not leaves:
+                continue
+            try:
+                if undo is None:
+                    raise OSError
+                undo()
+                undone.append(leaves.split(" (")[0])
+            except (FerEdgeError, OSError):
+                left.append(leaves)
+        told = str(exc) + (f"; undone: {', '.join(undone)}" if undone else "") + \
+            (f"; left in place: {', '.join(left)}" if left else "; nothing is left in place")
+        raise type(exc)(told, exc.exit_code) from None
+
+
+# Where the unit's ProtectHome= hides files from the service: an ExecStart there cannot even start.
+PROTECTED_HOME = ("/home", "/root", "/run/user")
+
+
+def check_executable(executable: Path, unit_text: str) -> None:
+    """The ExecStart executable exists, can be run, and the unit does not hide it (or the Python
+    its first line names: a venv's own) from the service."""
+    if not executable.is_file():
+        raise InputMissing(f"fer-edge executable {executable} not found; pass the path of the installed "
+                           "fer-edge script with --executable (e.g. /opt/fer-edge/venv/bin/fer-edge)")
+    if not os.access(executable, os.X_OK):
+        raise InputMissing(f"{executable} is not executable; pass the installed fer-edge script with --executable")
+    match = re.search(r"^ProtectHome=(\S+)", unit_text, re.MULTILINE)
+    if not match or match.group(1) not in ("yes", "true", "tmpfs"):
+        return
+    try:
+        with executable.open("rb") as fh:
+            first = fh.readline(512)
+        interpreter = first[2:].decode(errors="replace").split()[0] if first.startswith(b"#!") else ""
+    except (OSError, IndexError):
+        interpreter = ""
+    for path in filter(None, (str(executable), str(executable.resolve()), interpreter)):
+        if any(path == home or path.startswith(home + "/") for home in PROTECTED_HOME):
+            raise ConfigError(f"{path} is under {', '.join(PROTECTED_HOME)}, which the unit's ProtectHome="
+                              f"{match.group(1)} hides from the service, so it could not start; install fer-edge "
+                              "outside them (e.g. python3 -m venv /opt/fer-edge/venv) and pass its fer-edge "
+                              "with --executable")
 
 
 def _command(argv: Sequence[str], runner: Callable[..., subprocess.CompletedProcess]

@@ -819,6 +819,7 @@ class RollingCsvLog:
         self._take = [names.index(e) if e in names else -1 for e in EMOTIONS] + extras
         columns = ["timestamp", "frame", "source", "face_id", "x", "y", "w", "h", "emotion", "confidence"]
         columns += [f"p_{e}" for e in EMOTIONS] + [f"p_{names[i]}" for i in extras]
+        columns.append("media_s")  # last, so readers of the older columns read on unchanged
         self._header = (",".join(_csv_field(c) for c in columns) + "\n").encode()
         self._source = _csv_field(source)
         self._label_fields = {label: _csv_field(label) for label in labels}
@@ -858,7 +859,10 @@ class RollingCsvLog:
     def rows_waiting(self) -> int:
         return self._pending_rows
 
-    def write(self, timestamp: float, frame_index: int, faces: Sequence[FaceResult]) -> None:
+    def write(self, timestamp: float, frame_index: int, faces: Sequence[FaceResult],
+              media_s: float | None = None) -> None:
+        """One row per face. `timestamp`: epoch seconds the frame shows; `media_s`: its position in
+        a video file (None, an empty cell, for a camera)."""
         if not faces:
             return
         if self._syncer is None:
@@ -867,12 +871,13 @@ class RollingCsvLog:
             self._rotate()
         stamp = datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="milliseconds")
         head = f"{stamp},{frame_index},{self._source},"
+        tail = f",{media_s:.3f}\n" if media_s is not None else ",\n"
         for face in faces:
             probs = face.probabilities
             x, y, w, h = face.box
             label = self._label_fields.get(face.label) or _csv_field(face.label)
             cells = ",".join(f"{probs[i]:.4f}" if i >= 0 else "" for i in self._take)
-            row = f"{head}{face.face_id},{x},{y},{w},{h},{label},{face.confidence:.4f},{cells}\n".encode()
+            row = f"{head}{face.face_id},{x},{y},{w},{h},{label},{face.confidence:.4f},{cells}{tail}".encode()
             # a row bigger than max_bytes still goes into a file of its own rather than looping
             if self.max_bytes and self._size + len(row) > self.max_bytes and self._size > len(self._header):
                 self._rotate()

@@ -31,7 +31,7 @@ class Frame:
     image: np.ndarray  # BGR, full resolution: recorded and cropped for classification
     index: int  # position in the stream; gaps are frames the source dropped
     timestamp: float  # media time in seconds (file: index / fps; live: since start)
-    wall_time: float  # time.time() at capture
+    wall_time: float  # epoch seconds the picture shows: time.time() at capture; a file: its start + timestamp
     grey_small: Optional[np.ndarray] = None  # detection-size grey from the source (picamera2 lores Y)
 
 
@@ -70,6 +70,9 @@ class VideoFileSource(Source):
         path = Path(path)
         if not path.is_file():
             raise InputMissing(f"video file {path} not found; check source.path / --source")
+        if cv2.haveImageReader(str(path)):  # by its content: FFmpeg would play a JPEG as a one-frame video
+            raise DataError(f"{path} is a still image, not a video; for the faces and emotions in an image "
+                            f"run `fer-edge detect {path}`")
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
             raise DataError(f"video file {path} could not be opened by OpenCV; is it a video (mp4, avi, mkv)?")
@@ -78,6 +81,7 @@ class VideoFileSource(Source):
         self.fps = fps if 1 <= fps <= 240 else 25.0
         self.frame_size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
         self.frame_count = max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        self.start_time, self.start_basis = media_start(path, self.frame_count / self.fps)
         self.realtime = realtime
         self.ended = False  # the stream ran out (not stopped early)
         self._index = -1
@@ -123,7 +127,7 @@ class VideoFileSource(Source):
                     raise DataError(f"decoding {self.name} failed: {self._error}")
                 return None
             self._index += 1
-            return Frame(image, self._index, self._index / self.fps, time.time())
+            return self._frame(image)
         if self.realtime:
             now = time.monotonic()
             if self._index < 0:
@@ -143,7 +147,12 @@ class VideoFileSource(Source):
             self.ended = True
             return None
         self._index += 1
-        return Frame(image, self._index, self._index / self.fps, time.time())
+        return self._frame(image)
+
+    def _frame(self, image: np.ndarray) -> Frame:
+        """A frame at its place in the file: its position, and the time it shows (the log's)."""
+        position = self._index / self.fps
+        return Frame(image, self._index, position, self.start_time + position)
 
     def shortfall(self) -> str:
         """After the stream ended: why the file looks short (fewer frames than its header
@@ -161,6 +170,25 @@ class VideoFileSource(Source):
             self._stopping.set()
             self._thread.join()  # before release: the thread may be inside read()
         self._cap.release()
+
+
+def media_start(path: Path, duration: float) -> tuple[float, str]:
+    """When a video file began (epoch seconds), and how that is known: its container's
+    creation_time where PyAV can read one, else its modification time minus its duration (a
+    recorder writes a file until it stops, so that is when it started)."""
+    try:
+        import av  # the video extra; OpenCV does not expose the container's metadata
+
+        with av.open(str(path)) as container:
+            created = container.metadata.get("creation_time", "")
+        when = datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None
+        if when is not None and when.year > 1970:  # muxers that know no time write 0 (1904 or 1970)
+            if when.tzinfo is None:
+                when = when.astimezone()
+            return when.timestamp(), "its creation_time"
+    except Exception:  # no PyAV, a container it cannot read, a date it cannot parse
+        pass
+    return path.stat().st_mtime - duration, "its modification time minus its duration"
 
 
 def decode_all(path: str | Path) -> tuple[list[np.ndarray], float]:

@@ -91,7 +91,7 @@ class _RowCheck:
         self.width = len(header)
         self.stamp, self.emotion = header.index("timestamp"), header.index("emotion")
         self.integers = [header.index(c) for c in _INTEGER_COLUMNS if c in header]
-        self.numbers = [i for i, c in enumerate(header) if c == "confidence" or c.startswith("p_")]
+        self.numbers = [i for i, c in enumerate(header) if c in ("confidence", "media_s") or c.startswith("p_")]
         known = [c[2:] for c in header if c.startswith("p_")]
         self.emotions = set(known or EMOTIONS)
         self.seen = 0.0
@@ -113,7 +113,7 @@ class _RowCheck:
             for i in self.integers:
                 int(fields[i])
             for i in self.numbers:
-                if fields[i]:  # empty: the model lacks that emotion
+                if fields[i]:  # empty: the model lacks that emotion; media_s of a camera's row
                     float(fields[i])
         except ValueError:
             return "a number that does not parse"

@@ -17,6 +17,16 @@ SHARED_MISSING = f"real data folder {SHARED_DIR} is absent (CI has it beside the
 requires_shared = pytest.mark.skipif(not (SHARED_DIR / "data").is_dir(), reason=SHARED_MISSING)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_output_left_in_the_repository():
+    """Tests write into tmp_path: a default `fer-edge-output/` appearing in the checkout is a test
+    that forgot --output."""
+    stray = REPO_ROOT / "fer-edge-output"
+    before = stray.exists()
+    yield
+    assert before or not stray.exists(), f"a test left {stray}; give its fer-edge run --output tmp_path"
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -49,3 +49,42 @@ def test_bench_missing_video_is_one_line_error(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 66, result.stderr
     assert "Traceback" not in result.stderr and "nope.mp4" in result.stderr
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("fer-edge: error: "), result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fer_edge", "bench", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "FER_EDGE_BENCH_ROUNDS": "1"})
+
+
+def test_bench_bad_or_missing_model_is_one_line_config_error(tmp_path):
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes((ROOT / "models" / "fer_default.tflite").read_bytes()[:20000])  # a cut copy
+    one_line_error(bench("--model", str(damaged)), 78, "damaged.tflite")
+    one_line_error(bench("--model", str(tmp_path / "none.tflite")), 78, "none.tflite", "not found")
+
+
+def test_bench_on_a_video_cut_short_or_not_a_video_says_so(tmp_path):
+    import cv2
+
+    cap = cv2.VideoCapture(str(ROOT / "samples" / "sample_faces.mp4"))
+    whole = tmp_path / "whole.avi"  # MJPG AVI: its header announces all 60 frames
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 15, (480, 360))
+    for _ in range(60):
+        writer.write(cap.read()[1])
+    writer.release()
+    cap.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # as a crash would leave it
+    one_line_error(bench(str(cut)), 65, "cut.avi", "of the 60 frames")
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n")
+    one_line_error(bench(str(notes)), 65, "notes.mp4")

@@ -388,6 +388,32 @@ def test_cli_text_file_named_h5(repo_root, tmp_path):
 
 
 @requires_shared
+@pytest.mark.parametrize("option", ["-o", "--report", "--confusion-png"])
+def test_cli_refuses_an_unwritable_output_before_converting(repo_root, shared_file, tmp_path, option):
+    # /proc takes no new files, even from root; each output is checked before TensorFlow loads
+    paths = {"-o": tmp_path / "m.tflite", "--report": tmp_path / "r.json", "--confusion-png": tmp_path / "c.png"}
+    paths[option] = Path("/proc") / paths[option].name
+    proc = cli(repo_root, shared_file(MODEL), *[a for kv in paths.items() for a in kv], "--quantize", "float16",
+               "--labels", "fer2013", "--input-range=-1,1", "--evaluate", shared_file(CSV), timeout=60)
+    assert proc.returncode == 73, proc.stderr
+    assert_one_error(proc, option if option != "-o" else "output", str(paths[option]))
+    assert not list(tmp_path.iterdir())  # nothing was converted or written
+
+
+@requires_shared
+def test_cli_quiet_prints_only_the_summary_and_calibrates_on_exactly_the_faces_asked_for(repo_root, shared_file,
+                                                                                      tmp_path):
+    report = tmp_path / "r.json"
+    proc = cli(repo_root, shared_file(MODEL), "-o", tmp_path / "m.tflite", "-q", "--calibration", shared_file(CSV),
+               "--usage", "PublicTest", "--calibration-samples", "200", "--labels", "fer2013", "--input-range=-1,1",
+               "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no TensorFlow, Keras, converter or delegate chatter
+    assert proc.stdout.splitlines() == [f"wrote {tmp_path / 'm.tflite'}", f"report: {report}"]
+    assert json.loads(report.read_text())["calibration"]["samples"] == 200
+
+
+@requires_shared
 def test_cli_empty_calibration_folder(repo_root, shared_file, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

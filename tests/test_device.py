@@ -68,15 +68,78 @@ def test_bundled_sample_runs_headless_and_leaves_video_and_csv(tmp_path):
     period, = json.loads(told.stdout)["periods"]
     assert period["analyses"] == len(rows) and period["counts"]["happy"] == len(rows)
     assert period["first"] == rows[0]["timestamp"] and period["last"] == rows[-1]["timestamp"]
+    assert fer_edge("summary", "--output", str(tmp_path), "--by", "all", "--json").stdout == told.stdout  # as run's --output
     table = fer_edge("summary", str(tmp_path / "csv"))
     assert table.returncode == 0 and table.stdout.splitlines()[1].split()[1] == str(len(rows))
     visits = fer_edge("summary", str(tmp_path / "csv"), "--by", "visit", "--json")
     assert visits.returncode == 0, visits.stderr
     visit, = json.loads(visits.stdout)["periods"]  # a 10 s clip: the face's 2 s away is no new visit
     assert visit["analyses"] == len(rows) and visit["first"] == rows[0]["timestamp"]
+    # rows are at media time: the visit lasts the clip's 10 s, however fast it was processed
+    assert 9.0 <= visit["seconds"] <= 10.0, visit
+    for row in rows:
+        assert float(row["media_s"]) == pytest.approx(int(row["frame"]) / 15, abs=1e-3)
+        offset = datetime.fromisoformat(row["timestamp"]).timestamp() - datetime.fromisoformat(rows[0]["timestamp"]).timestamp()
+        assert offset == pytest.approx(float(row["media_s"]) - float(rows[0]["media_s"]), abs=2e-3)
+    assert "media time" in result.stderr
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--by", "visit", "--gap", "0"), 64, "--gap")
     one_line_error(fer_edge("summary", str(tmp_path / "nothing")), 66, "nothing", "csv/")
     one_line_error(fer_edge("summary", str(tmp_path / "csv"), "--since", "yesterday"), 64, "--since")
+
+
+@pytest.fixture(scope="module")
+def demo_drawn(tmp_path_factory) -> list[tuple[list, float | None]]:
+    """`make demo` in process, recording at the annotator itself what each frame shows: the boxes
+    (face id, box) and the frame rate drawn (record = always: every frame, in order)."""
+    import argparse
+
+    from fer_edge.detector import FaceDetector
+    from fer_edge.options import config_from_args, open_classifier
+    from fer_edge.pipeline import Pipeline
+    from fer_edge.sinks import open_file_sinks
+    from fer_edge.sources import open_source
+
+    out = tmp_path_factory.mktemp("demo")
+    args = argparse.Namespace(source=str(SAMPLE), output=str(out), set=["csv.enabled=false"])
+    cfg = config_from_args(args)
+    classifier = open_classifier(args, cfg)
+    source = open_source(cfg.source, cfg.detection.width)
+    budget, video, _ = open_file_sinks(cfg, out, source, classifier.labels)
+    pipeline = Pipeline(cfg, source, classifier, FaceDetector(cfg.detection), video=video, disk=budget)
+    drawn: list[tuple[list, float | None]] = []
+    draw = pipeline.annotator.draw
+
+    def recording_draw(image, faces, fps=None):
+        drawn.append(([(f.face_id, f.box) for f in faces], fps))
+        draw(image, faces, fps)
+    pipeline.annotator.draw = recording_draw
+    pipeline.run()
+    return drawn
+
+
+def test_the_demo_face_keeps_one_id_as_it_moves_and_no_ghost_box_is_drawn_beside_it(demo_drawn):
+    """`make demo` frames 106-112: the astronaut moves fast after the shuttle; a stale box used to
+    stay beside the face under a new id."""
+    from fer_edge.tracker import iou_matrix
+
+    drawn = [faces for faces, _ in demo_drawn]
+    assert len(drawn) == 150
+    for index, faces in enumerate(drawn):
+        if len(faces) > 1:
+            boxes = np.array([box for _, box in faces], np.float32)
+            overlap = iou_matrix(boxes, boxes)[~np.eye(len(faces), dtype=bool)]
+            assert not (overlap > 0).any(), f"frame {index}: overlapping boxes {faces}"
+    assert all(len(drawn[i]) == 1 for i in range(106, 113)), drawn[100:115]
+    back = {face_id for faces in drawn[100:] for face_id, _ in faces}
+    assert len(back) == 1, back  # back after the shuttle: one face, one id to the end
+
+
+def test_the_demo_video_shows_a_frame_rate_from_its_first_frame(demo_drawn):
+    # the demo is done in well under a second of wall-clock time: the counter must not wait for one
+    rates = [fps for _, fps in demo_drawn]
+    assert rates[0] == pytest.approx(15.0)  # the file's own rate, until the processing rate is known
+    assert all(r is not None and r > 0 for r in rates), rates
+    assert any(r != pytest.approx(15.0) for r in rates[40:])  # then the measured processing rate
 
 
 def test_record_faces_keeps_video_only_around_faces_one_file_per_event(tmp_path):
@@ -145,8 +208,9 @@ def test_every_frame_on_real_video_logs_a_face_per_frame(tmp_path):
     labels = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     header = files[0].read_text().splitlines()[0].split(",")
     assert header == ["timestamp", "frame", "source", "face_id", "x", "y", "w", "h", "emotion", "confidence",
-                      *[f"p_{name}" for name in labels]]
+                      *[f"p_{name}" for name in labels], "media_s"]
     for row in rows:
+        assert float(row["media_s"]) == pytest.approx(int(row["frame"]) / 25, abs=2e-3)  # all_emo.mp4: 25 fps
         stamp = datetime.fromisoformat(row["timestamp"])
         assert stamp.utcoffset() is not None
         probs = np.array([float(row[f"p_{name}"]) for name in labels])
@@ -341,6 +405,65 @@ def test_config_errors_exit_78_with_one_line(tmp_path):
     one_line_error(fer_edge("config", "--config", str(not_toml)), 78, "TOML")
     one_line_error(fer_edge("config", "--config", str(tmp_path / "missing.toml")), 78, "not found")
     one_line_error(fer_edge("config", "--set", "csv.flush_seconds=soon"), 78, "csv.flush_seconds")
+    quoted = tmp_path / "quoted.toml"
+    quoted.write_text('[video]\nenabled = "no"\n')  # was silently false
+    one_line_error(fer_edge("run", "--config", str(quoted), "--source", str(SAMPLE), "--output", str(tmp_path / "o")),
+                   78, "quoted.toml", "video.enabled", "true or", "without quotes")
+    negative = tmp_path / "negative.toml"
+    negative.write_text("[csv]\nmax_files = -3\n")
+    one_line_error(fer_edge("config", "--config", str(negative)), 78, "negative.toml", "csv.max_files", "-3")
+    assert fer_edge("config", "--set", "video.enabled=no").returncode == 0  # --set values are text by nature
+
+
+def test_every_config_key_refuses_a_value_of_the_wrong_type_from_a_file(tmp_path):
+    import dataclasses
+
+    from fer_edge.config import Config, ConfigError, load_config
+
+    wrong = {bool: '"no"', int: '"many"', float: '"soon"', str: "5"}
+    checked = 0
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(getattr(Config(), section.name)):
+            kind = type(getattr(getattr(Config(), section.name), key.name))
+            path = tmp_path / f"{section.name}.{key.name}.toml"
+            path.write_text(f"[{section.name}]\n{key.name} = {wrong[kind]}\n")
+            with pytest.raises(ConfigError) as info:
+                load_config(path)
+            assert str(path) in str(info.value) and f"{section.name}.{key.name}" in str(info.value), info.value
+            checked += 1
+    assert checked >= 48  # every key of every section
+
+
+def test_usage_errors_exit_64_with_the_subcommands_own_usage():
+    bad_value = fer_edge("run", "--every", "abc")
+    assert bad_value.returncode == 64, bad_value.stderr
+    assert "Traceback" not in bad_value.stderr and "--every" in bad_value.stderr
+    unknown = fer_edge("summary", "--bogus")
+    assert unknown.returncode == 64, unknown.stderr
+    assert unknown.stderr.startswith("usage: fer-edge summary ") and "unrecognized arguments: --bogus" in unknown.stderr
+    assert fer_edge("detect").returncode == 64  # IMAGE missing
+    assert fer_edge("--bogus").returncode == 64
+    convert = subprocess.run([sys.executable, "-m", "converter.cli"], cwd=ROOT, capture_output=True, text=True)
+    assert convert.returncode == 64 and convert.stderr.startswith("usage: fer-convert"), convert.stderr
+
+
+def test_hints_name_options_that_exist_and_every_argument_is_explained():
+    import re
+
+    missing = fer_edge("evaluate", "nope.tflite", str(ROOT / "samples"))
+    one_line_error(missing, 66, "nope.tflite", "MODEL.tflite")
+    helps = {cmd: fer_edge(cmd, "--help").stdout for cmd in ("run", "detect", "evaluate")}
+    for option in re.findall(r"--[a-z][a-z-]+", missing.stderr):  # the hint names only evaluate's own options
+        assert option in helps["evaluate"], option
+    assert "--model" not in missing.stderr
+    assert re.search(r"IMAGE\s+image files", helps["detect"]), helps["detect"]
+    assert re.search(r"--threads N\s+interpreter threads", helps["evaluate"]), helps["evaluate"]
+    assert "fer-edge-output" in " ".join(helps["run"].split()), helps["run"]  # the default output folder
+    for cmd, text in helps.items():  # no option or positional without a word of help
+        lines = text.split("options:")[-1].splitlines() + text.split("positional arguments:")[-1].split("options:")[0].splitlines()
+        bare = [line for i, line in enumerate(lines) if re.fullmatch(r"  \S.*\S", line) and "  " not in line.strip()
+                and (i + 1 == len(lines) or not lines[i + 1].startswith(" " * 10))]
+        assert not bare, (cmd, bare)
 
 
 def test_config_prints_the_effective_configuration_which_reads_back(tmp_path):
@@ -353,6 +476,32 @@ def test_config_prints_the_effective_configuration_which_reads_back(tmp_path):
     assert again.stdout == result.stdout
 
 
+def test_a_files_rows_start_at_its_creation_time_else_its_modification_time_minus_its_duration(tmp_path):
+    import av
+
+    from fer_edge.sources import VideoFileSource
+
+    dated = tmp_path / "dated.mp4"  # as a camera app writes it: creation_time in the container
+    with av.open(str(dated), "w") as container:
+        container.metadata["creation_time"] = "2025-06-01T12:00:00.000000Z"
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(20):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")))
+        container.mux(stream.encode())
+    with VideoFileSource(dated) as source:
+        frames = [source.read() for _ in range(5)]
+    assert source.start_basis == "its creation_time"
+    assert [f.wall_time for f in frames] == pytest.approx([1748779200.0 + i / 10 for i in range(5)])
+    undated = tmp_path / "undated.mp4"  # OpenCV's writer leaves no creation_time
+    undated.write_bytes(SAMPLE.read_bytes())
+    os.utime(undated, (1_800_000_000, 1_800_000_000))
+    with VideoFileSource(undated) as source:
+        first = source.read()
+    assert "modification time" in source.start_basis
+    assert first.wall_time == pytest.approx(1_800_000_000 - 150 / 15)  # 150 frames at 15 fps end at the mtime
+
+
 def test_missing_video_file(tmp_path):
     one_line_error(fer_edge("run", "--source", str(tmp_path / "nope.mp4"), "--output", str(tmp_path)), 66,
                    "nope.mp4", "not found")
@@ -362,6 +511,20 @@ def test_file_that_is_not_a_video(tmp_path):
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is not a video\n")
     one_line_error(fer_edge("run", "--source", str(fake), "--output", str(tmp_path)), 65, "notes.mp4")
+
+
+def test_a_still_image_as_source_points_to_detect(tmp_path):
+    image = tmp_path / "face.jpg"
+    cap = cv2.VideoCapture(str(SAMPLE))
+    cv2.imwrite(str(image), cap.read()[1])
+    cap.release()
+    out = tmp_path / "out"
+    one_line_error(fer_edge("run", "--source", str(image), "--output", str(out)), 65, "face.jpg", "still image",
+                   "fer-edge detect")
+    assert not out.exists()
+    renamed = tmp_path / "face.mp4"  # told by its content, not its name
+    renamed.write_bytes(image.read_bytes())
+    one_line_error(fer_edge("run", "--source", str(renamed), "--output", str(out)), 65, "still image")
 
 
 def test_unopenable_camera_index_with_no_wait(tmp_path):
@@ -383,11 +546,32 @@ def test_corrupt_model_file(tmp_path):
     not_model.write_bytes(b"\x00" * 64)
     one_line_error(fer_edge("detect", str(ROOT / "samples" / "make_sample.py"), "--model", str(not_model)),
                    78, "not a TFLite model")
-    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(tmp_path / "none.tflite")), 78,
-                   "none.tflite")
+    out = tmp_path / "out"
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(tmp_path / "none.tflite"),
+                            "--output", str(out)), 78, "none.tflite")
     a_folder = tmp_path / "folder.tflite"  # not a readable file (tests run as root: permissions do not stop root)
     a_folder.mkdir()
-    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(a_folder)), 78, "folder.tflite")
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--model", str(a_folder), "--output", str(out)), 78,
+                   "folder.tflite")
+    assert not out.exists()  # a run that failed before writing leaves no output folder
+
+
+def test_a_failed_run_leaves_no_output_folder_and_a_second_demo_replaces_the_first(tmp_path):
+    # no camera here: the default output folder of the working directory must not appear
+    done = subprocess.run([sys.executable, "-m", "fer_edge", "run", "--source", "7", "--no-wait"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    one_line_error(done, 69, "camera 7")
+    assert not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+    out = tmp_path / "demo"  # `make demo` twice, then summary: the demo counted once
+    for _ in range(2):
+        venv = Path(sys.executable).parent.parent  # this environment's fer-edge, installed already
+        made = subprocess.run(["make", "-s", "demo", f"OUT={out}", f"VENV={venv}", "-o", f"{venv}/.device-installed"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, made.stderr
+    assert len(list((out / "csv").glob("*.csv"))) == 1 and len(list((out / "video").glob("*.mp4"))) == 1
+    once = json.loads(fer_edge("summary", "--output", str(out), "--by", "all", "--json").stdout)
+    _, rows = read_csvs(out / "csv")
+    assert once["periods"][0]["analyses"] == len(rows)
 
 
 def test_unwritable_output_directory(tmp_path):
@@ -495,6 +679,14 @@ def test_evaluate_on_device_without_tensorflow():
 
 
 @requires_shared
+def test_evaluate_limit_scores_exactly_that_many_faces():
+    result = fer_edge("evaluate", str(ROOT / "models" / "fer_default.tflite"),
+                      str(SHARED / "data" / "fer2013_publictest.csv"), "--limit", "300", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["samples"] == 300
+
+
+@requires_shared
 def test_evaluate_against_another_model_tests_the_difference_on_the_same_faces():
     test = str(SHARED / "data" / "fer2013" / "test")
     result = fer_edge("evaluate", FER2013_MODEL, test, "--against", "models/mini_xception_int8.tflite", "--json")
@@ -584,6 +776,11 @@ def test_doctor_reports_each_check():
         assert name in result.stdout
     broken = fer_edge("doctor", "--model", "/nonexistent/model.tflite")
     assert broken.returncode == 1 and "[FAIL] model" in broken.stdout
+    # /proc takes no new folder even from root, whatever os.access says: doctor agrees with run
+    unwritable = fer_edge("doctor", "--output", "/proc/fer-edge-x")
+    assert unwritable.returncode == 1 and "[FAIL] output" in unwritable.stdout, unwritable.stdout
+    assert "/proc/fer-edge-x" in unwritable.stdout and "all checks passed" not in unwritable.stdout
+    one_line_error(fer_edge("run", "--source", str(SAMPLE), "--output", "/proc/fer-edge-x"), 73, "/proc/fer-edge-x")
     assert "[  ok] preview" in result.stdout and "off" in result.stdout
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -593,3 +790,40 @@ def test_doctor_reports_each_check():
     finally:
         taken.close()
     assert busy.returncode == 1 and "[FAIL] preview" in busy.stdout and "another preview.listen port" in busy.stdout
+
+
+def test_no_module_of_fer_edge_imports_in_a_circle():
+    """Every import counts, lazy ones inside functions too: a circle is a circle even if it only closes
+    at run time (bench and cli once imported each other that way)."""
+    import ast
+
+    package = ROOT / "fer_edge"
+    graph: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        name = path.stem
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import y / from . import x
+                targets = [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fer_edge."):
+                targets = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("fer_edge.")]
+            else:
+                continue
+            graph[name] |= {t.split(".")[0] for t in targets if (package / f"{t.split('.')[0]}.py").is_file()}
+    assert graph["bench"] and graph["cli"], graph  # the parse found the imports at all
+
+    def cycle_from(start: str) -> list[str]:
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return trail + [start]
+                if nxt not in trail:
+                    stack.append((nxt, trail + [nxt]))
+        return []
+
+    circles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not circles, " ; ".join(" -> ".join(c) for c in circles)

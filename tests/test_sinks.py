@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -259,13 +259,22 @@ def test_columns_follow_alphabetical_emotions_whatever_the_model_order(tmp_path:
     with open(log.files[0], newline="") as fh:
         header = next(csv.reader(fh))
     assert header == ["timestamp", "frame", "source", "face_id", "x", "y", "w", "h", "emotion", "confidence"] + [
-        f"p_{e}" for e in EMOTIONS]
+        f"p_{e}" for e in EMOTIONS] + ["media_s"]  # media_s came last, so older readers read on
     (row,) = read_rows(log.files[0])
     assert row["p_neutral"] == "0.7900" and row["p_sad"] == "0.0500" and row["p_surprise"] == "0.0600"
     assert row["p_angry"] == "0.0100" and row["p_happy"] == "0.0400"
     assert (row["frame"], row["face_id"], row["x"], row["h"]) == ("7", "3", "10", "40")
     assert row["emotion"] == "neutral" and row["confidence"] == "0.7900"
     assert row["source"] == "/videos/a,b.mp4"  # quoted, not split
+    assert row["media_s"] == ""  # a camera's row: no position in a file
+
+
+def test_a_file_row_carries_its_position_in_the_file(tmp_path: Path) -> None:
+    log = csv_log(tmp_path, Clock(), source="clip.mp4")
+    log.write(1_800_000_000.0 + 4.2, 63, [face(1), face(2)], media_s=4.2)
+    log.close()
+    rows = read_rows(log.files[0])
+    assert [r["media_s"] for r in rows] == ["4.200", "4.200"] and rows[0]["frame"] == "63"
 
 
 def test_timestamps_are_iso8601_with_offset_and_milliseconds(tmp_path: Path) -> None:
@@ -284,7 +293,7 @@ def test_labels_outside_emotions_get_extra_columns_and_missing_ones_stay_empty(t
     log.write(1_800_000_000.0, 0, [face(probs=np.array([0.2, 0.3, 0.5]), label="happy")])
     log.close()
     (row,) = read_rows(log.files[0])
-    assert list(row)[-8:] == [f"p_{e}" for e in EMOTIONS] + ["p_contempt"]
+    assert list(row)[-9:] == [f"p_{e}" for e in EMOTIONS] + ["p_contempt", "media_s"]
     assert (row["p_sad"], row["p_happy"], row["p_contempt"], row["p_angry"]) == ("0.2000", "0.5000", "0.3000", "")
 
 
@@ -449,6 +458,23 @@ def test_summary_counts_per_hour_across_rotated_files_and_reports_a_cut_row(tmp_
     assert visits.skipped == {str(log.files[-1]): 1}
     assert [v.analyses for v in summarise(csv_files([tmp_path]), by="visit", gap=30).periods] == [2, 2, 2, 2, 2]
     assert visits.table().splitlines()[0].startswith("visit start")
+
+
+def test_summary_reads_logs_from_before_media_s_beside_new_ones(tmp_path: Path) -> None:
+    from fer_edge.summary import csv_files, summarise
+
+    old = tmp_path / "emotions_20260101T000000Z_0000.csv"  # what fer-edge wrote before media_s was added
+    old.write_text("timestamp,frame,source,face_id,x,y,w,h,emotion,confidence," + ",".join(f"p_{e}" for e in EMOTIONS)
+                   + "\n2026-01-01T10:00:00.000+00:00,0,v.mp4,1,1,2,3,4,sad,0.9000," + ",".join(["0.1"] * 7) + "\n")
+    log = csv_log(tmp_path, Clock())
+    log.write(datetime(2026, 1, 1, 10, 0, 30, tzinfo=timezone.utc).timestamp(), 450, [face()], media_s=30.0)
+    log.close()
+    with open(log.files[0], "a") as fh:  # a new row whose media_s does not parse
+        fh.write("2026-01-01T10:00:40.000+00:00,600,v.mp4,1,1,2,3,4,sad,0.9," + ",".join(["0.1"] * 7) + ",soon\n")
+    visit, = summarise(csv_files([tmp_path]), by="visit").periods
+    assert visit.analyses == 2 and visit.seconds == pytest.approx(30.0)
+    assert (visit.emotions["sad"], visit.emotions["neutral"]) == (1, 1)
+    assert summarise(csv_files([tmp_path]), by="visit").skipped == {str(log.files[0]): 1}
 
 
 def test_summary_refuses_a_csv_that_is_not_an_emotion_log(tmp_path: Path) -> None:

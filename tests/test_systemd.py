@@ -20,7 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from fer_edge.config import Config, load_config
-from fer_edge.errors import Unavailable
+from fer_edge.errors import ConfigError, InputMissing, Unavailable
 from fer_edge.resources import EXAMPLE_CONFIG, UNIT_FILE, find_resource
 from fer_edge.service import install_service, render_unit
 from fer_edge.systemd import Notifier
@@ -210,8 +210,9 @@ def test_restart_back_off_only_where_systemd_has_it(tmp_path: Path) -> None:
 
 
 def test_installer_switches_the_back_off_on_by_version(tmp_path: Path) -> None:
+    exe = executable(tmp_path)
     for version, on in ((252, False), (257, True)):
-        steps = install_service(dry_run=True, executable=Path("/x/fer-edge"), user="fer-edge",
+        steps = install_service(dry_run=True, executable=exe, user="fer-edge",
                                 config_path=tmp_path / "c.toml", unit_dir=tmp_path, version=version)
         assert ("s|^#RestartSteps=|RestartSteps=|" in steps[2]) is on, steps[2]
         assert ("s|^#RestartMaxDelaySec=|RestartMaxDelaySec=|" in steps[2]) is on, steps[2]
@@ -243,36 +244,44 @@ def test_example_config_lists_every_key_with_its_default() -> None:
 
 
 # -- installer -----------------------------------------------------------------------------------
+def executable(folder: Path, shebang: str = "#!/bin/sh") -> Path:
+    exe = folder / "venv" / "bin" / "fer-edge"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(f"{shebang}\n")
+    exe.chmod(0o755)
+    return exe
+
+
 def test_dry_run_names_each_step_and_touches_nothing(tmp_path: Path) -> None:
     config, units = tmp_path / "etc" / "config.toml", tmp_path / "units"
-    steps = install_service(dry_run=True, executable=Path("/opt/x/bin/fer-edge"), user="fer-edge-test-nobody",
+    exe = executable(tmp_path)
+    steps = install_service(dry_run=True, executable=exe, user="fer-edge-test-nobody",
                             config_path=config, unit_dir=units)
     assert steps[0].startswith("useradd --system") and "--groups video" in steps[0]
     assert steps[0].endswith(" fer-edge-test-nobody")
     assert steps[1].startswith("install ") and steps[1].endswith(str(config))
     assert steps[2].startswith("sed ") and steps[2].endswith(f"> {units / 'fer-edge.service'}")
-    assert f"ExecStart=/opt/x/bin/fer-edge run --config {config}" in steps[2]
+    assert f"ExecStart={exe} run --config {config}" in steps[2]
     assert steps[3:] == ["systemctl daemon-reload", "systemctl enable --now fer-edge.service"]
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["venv"]
 
 
 class Recorder:
     """Stands in for subprocess.run: installing for real would create a user and start a service on
     this machine (a hardware/OS edge tests cannot cross), so the commands are recorded instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
         self.commands: list[list[str]] = []
+        self.failing = failing  # commands (as shell lines starting so) that fail, as systemctl might
 
     def __call__(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
         self.commands.append(argv)
-        return subprocess.CompletedProcess(argv, 0, "", "")
+        failed = any(" ".join(argv).startswith(f) for f in self.failing)
+        return subprocess.CompletedProcess(argv, 1 if failed else 0, "", "Job failed." if failed else "")
 
 
 def test_install_writes_config_and_unit_and_runs_the_commands(tmp_path: Path) -> None:
-    exe = tmp_path / "venv" / "bin" / "fer-edge"
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
+    exe = executable(tmp_path)
     config, units, runner = tmp_path / "etc" / "config.toml", tmp_path / "units", Recorder()
     steps = install_service(dry_run=False, executable=exe, config_path=config, unit_dir=units, runner=runner)
 
@@ -293,8 +302,52 @@ def test_install_writes_config_and_unit_and_runs_the_commands(tmp_path: Path) ->
     assert config.read_text() == '[output]\ndirectory = "/srv/fer"\n'
 
 
+def test_a_failed_install_undoes_what_it_did_or_says_what_is_left(tmp_path: Path) -> None:
+    exe = executable(tmp_path)
+    config, units = tmp_path / "etc" / "config.toml", tmp_path / "units"
+    runner = Recorder(failing=("systemctl enable",))
+    with pytest.raises(Unavailable) as info:
+        install_service(dry_run=False, executable=exe, user="fer-edge-test-nobody", config_path=config,
+                        unit_dir=units, runner=runner)
+    assert not config.exists() and not (units / "fer-edge.service").exists()
+    # undone newest first: the failed enable disabled, the unit removed and systemd reloaded, the user deleted
+    assert [" ".join(c) for c in runner.commands[-4:]] == [
+        "systemctl enable --now fer-edge.service", "systemctl disable --now fer-edge.service",
+        "systemctl daemon-reload", "userdel fer-edge-test-nobody"]
+    message = str(info.value)
+    assert "systemctl enable --now fer-edge.service` failed" in message and "undone: " in message
+    assert "nothing is left in place" in message
+    # the user cannot be removed again: the error says it is still there, and how to remove it
+    stuck = Recorder(failing=("systemctl enable", "userdel"))
+    with pytest.raises(Unavailable) as info:
+        install_service(dry_run=False, executable=exe, user="fer-edge-test-nobody", config_path=config,
+                        unit_dir=units, runner=stuck)
+    assert "left in place: user fer-edge-test-nobody (userdel fer-edge-test-nobody)" in str(info.value)
+    assert not config.exists()
+    # an administrator's config is never removed by the undo
+    config.write_text("[video]\nenabled = false\n")
+    with pytest.raises(Unavailable):
+        install_service(dry_run=False, executable=exe, user="fer-edge-test-nobody", config_path=config,
+                        unit_dir=units, runner=Recorder(failing=("systemctl enable",)))
+    assert config.read_text() == "[video]\nenabled = false\n"
+
+
+def test_install_refuses_a_missing_executable_or_one_the_unit_hides(tmp_path: Path) -> None:
+    with pytest.raises(InputMissing, match="not found") as info:
+        install_service(dry_run=True, executable=Path("/nonexistent"), config_path=tmp_path / "c.toml",
+                        unit_dir=tmp_path)
+    assert info.value.exit_code == 66
+    home_venv = executable(tmp_path, shebang="#!/home/pi/fer/venv/bin/python3")  # a venv in a home folder
+    with pytest.raises(ConfigError, match="ProtectHome=yes") as info:
+        install_service(dry_run=True, executable=home_venv, config_path=tmp_path / "c.toml", unit_dir=tmp_path)
+    assert "/home/pi/fer/venv/bin/python3" in str(info.value) and "/opt/fer-edge" in str(info.value)
+    cli = subprocess.run([sys.executable, "-m", "fer_edge", "install-service", "--dry-run", "--executable",
+                          "/nonexistent"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 66 and cli.stderr.count("\n") == 1 and "/nonexistent" in cli.stderr, cli.stderr
+
+
 def test_install_for_an_existing_user_adds_it_to_video(tmp_path: Path) -> None:
-    steps = install_service(dry_run=True, executable=Path("/x/fer-edge"), user="root",
+    steps = install_service(dry_run=True, executable=executable(tmp_path), user="root",
                             config_path=tmp_path / "c.toml", unit_dir=tmp_path)
     assert steps[0] == "usermod --append --groups video root"
     assert "User=root" in steps[2] and "Group=root" in steps[2]
