@@ -243,9 +243,9 @@ def render(report: DayReport) -> np.ndarray:
 
     # The timeline: each bin's shares; time without faces stays blank.
     _axes(image, TIMELINE)
+    cv2.rectangle(image, TIMELINE[:2], TIMELINE[2:], FAINT, 1)
     for (x0, x1), period in zip(bin_columns(report), report.bins.periods):
         _stack(image, x0, x1, TIMELINE[1], TIMELINE[3], period, emotions, palette)
-    cv2.rectangle(image, TIMELINE[:2], TIMELINE[2:], FAINT, 1)
     _text(image, "emotion shares per time bin", (TIMELINE[0], TIMELINE[1] - 6), 0.45, FAINT)
     left, top, right, bottom = VISIT_STRIP
     cv2.rectangle(image, (left, top), (right, bottom), GRID, -1)
@@ -297,10 +297,10 @@ class PngTarget:
     only once the picture is whole: a half-written PNG never replaces yesterday's."""
 
     def __init__(self, path: Path):
-        if path.suffix.lower() != ".png":
-            raise UsageError(f"-o {path}: the report is a PNG; give a name ending in .png, e.g. day.png")
         if path.is_dir():
             raise OutputError(f"-o {path} is a folder; give a file name, e.g. {path / 'day.png'}")
+        if path.suffix.lower() != ".png":
+            raise UsageError(f"-o {path}: the report is a PNG; give a name ending in .png, e.g. day.png")
         self.path = path
         self._partial = path.with_name(f".{path.name}.partial")
         try:
