@@ -192,7 +192,9 @@ def _time_ticks(image: np.ndarray, span: tuple[float, float], tz) -> None:
     while t <= span[1] + 1e-6:
         x = _x(t, span)
         cv2.line(image, (x, bottom + 18), (x, bottom + 24), FAINT, 1)
-        _text(image, _clock(t, tz, with_date), (x, bottom + 40), 0.42, FAINT, centre=True)
+        label = _clock(t, tz, with_date)
+        (w, _), _ = cv2.getTextSize(label, FONT, 0.42, 1)
+        _text(image, label, (min(x, image.shape[1] - 4 - w // 2), bottom + 40), 0.42, FAINT, centre=True)
         t += step
 
 
@@ -269,13 +271,15 @@ def render(report: DayReport) -> np.ndarray:
     _text(image, f"emotion shares per visit{more}: visit, start, length, analyses", (left, top - 8), 0.45, FAINT)
     columns = visit_columns(len(shown))
     slot = (right - left) / max(len(shown), 1)
-    every = max(1, math.ceil(44 / slot))  # a caption needs about 44 px
+    days = first[:10] != last[:10]  # then a visit's start needs its date
+    every = max(1, math.ceil((70 if days else 44) / slot))  # the pixels a caption needs
     for i, ((x0, x1), visit) in enumerate(zip(columns, shown)):
         _stack(image, x0, x1, top, bottom, visit, emotions, palette)
         if i % every == 0:
             centre = (x0 + x1) // 2
             _text(image, f"#{number[id(visit)]}", (centre, bottom + 16), 0.42, INK, centre=True)
-            _text(image, visit.first[11:16], (centre, bottom + 32), 0.38, FAINT, centre=True)
+            start = visit.first[5:16].replace("T", " ") if days else visit.first[11:16]
+            _text(image, start, (centre, bottom + 32), 0.38, FAINT, centre=True)
             _text(image, _duration(visit.seconds), (centre, bottom + 47), 0.38, FAINT, centre=True)
             _text(image, str(visit.analyses), (centre, bottom + 62), 0.38, FAINT, centre=True)
     skipped = sum(report.visits.skipped.values())
