@@ -153,8 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     every = f"every {cfg.analysis.every} frame(s)" if cfg.analysis.every else \
         f"adaptive, {cfg.analysis.target_fps:g} analyses/s"
+    codec = "" if video is None else f"; video {'H.264 (PyAV)' if video.pyav else video.codec + ' (OpenCV)'}"
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
-        f"analysis {every}; detection width {cfg.detection.width}; output {out}")
+        f"analysis {every}; detection width {cfg.detection.width}; output {out}{codec}")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
                         preview=preview, notifier=Notifier(), disk=budget)
     if preview is not None:

@@ -256,3 +256,19 @@ def test_report_errors_are_one_line_and_leave_no_file(runs, day: Path, tmp_path:
     done = fer_edge("report", "--output", str(runs[0]), "-o", str(png))
     assert done.returncode == 0, done.stderr
     assert cv2.imdecode(np.frombuffer(png.read_bytes(), np.uint8), cv2.IMREAD_COLOR).shape == (720, 1280, 3)
+
+
+# --- what the README tells a Pi owner ----------------------------------------------------------
+def test_run_logs_which_codec_its_video_is_in(tmp_path: Path) -> None:
+    """The README's "which players open the video": the start line names the codec the files have."""
+    av = pytest.importorskip("av", reason="PyAV writes the H.264 segments")
+    for setting, said, codec in (("auto", "video H.264 (PyAV)", "h264"), ("mp4v", "video mp4v (OpenCV)", "mpeg4")):
+        out = tmp_path / setting
+        done = fer_edge("run", "--source", str(SAMPLE), "--output", str(out), "--max-frames", "30",
+                        "--set", f"video.codec={setting}")
+        assert done.returncode == 0, done.stderr
+        start, = [line for line in done.stderr.splitlines() if line.startswith("fer-edge: source ")]
+        assert start.endswith(said), start
+        segment, = (out / "video").glob("*.mp4")
+        with av.open(str(segment)) as container:
+            assert container.streams.video[0].codec_context.name == codec
