@@ -122,8 +122,14 @@ def test_report_draws_the_numbers_summary_gives(day: Path, tmp_path: Path) -> No
     assert [v["analyses"] for v in data["visits"]] == [len(read_rows([f])) for f in files]
     assert sum(b["analyses"] for b in data["bins"]) == len(rows) == sum(v["analyses"] for v in data["visits"])
     assert data["since"] < min(r["timestamp"] for r in rows)  # the last 24 h logged: all of this day
+    # --gap 50 minutes joins the first two (35 minutes apart), in both.
+    joined = json.loads(fer_edge("report", str(day), "-o", str(tmp_path / "g.png"), "--gap", "3000", "--json").stdout)
+    table = json.loads(fer_edge("summary", str(day), "--by", "visit", "--gap", "3000", "--json").stdout)
+    assert joined["visits"] == table["periods"] and len(table["periods"]) == len(STARTS) - 1
     # The bins: 5 h 20 min in at most 96 bins gives 5 minutes; at 60 minutes they are summary's hours.
     assert data["bin_minutes"] == 5
+    with pytest.raises(ValueError, match="divide a day"):
+        summarise(files, by="minutes", minutes=7)  # bins restart at midnight: they must tile a day
     assert data["bins"] == [p.to_json(data["emotions"]) for p in summarise(files, by="minutes", minutes=5).periods]
     hourly = json.loads(fer_edge("report", str(day), "-o", str(tmp_path / "h.png"), "--by-minutes", "60",
                                  "--json").stdout)["bins"]
@@ -189,7 +195,10 @@ def test_report_png_from_a_running_preview(tmp_path: Path) -> None:
                 url = line.split()[2]
                 break
         assert url, "no preview URL logged"
-        time.sleep(2.5)  # the astronaut smiles in the first 4 s; rows reach the file within a second
+        deadline = time.monotonic() + 30
+        while len(read_rows(sorted((tmp_path / "csv").glob("*.csv")))) < 3:  # the smile logged (first 4 s)
+            assert time.monotonic() < deadline and proc.poll() is None, "no rows logged"
+            time.sleep(0.2)
         with urllib.request.urlopen(url + "report.png", timeout=30) as response:
             assert response.headers["Content-Type"] == "image/png"
             first = response.read()
