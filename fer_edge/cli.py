@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="draw rows from this date or time on, e.g. 2026-11-01 (default: the last 24 hours logged)")
     rep.add_argument("--by-minutes", type=int, metavar="N",
                      help="timeline bins of N minutes, a divisor of 1440 (default: the shortest of 1, 2, 5, 10, 15, "
-                          "30, 60... minutes that gives at most 96 bins)")
+                          "30, 60... minutes that gives fewer than 96 bins)")
     rep.add_argument("--gap", type=float, default=VISIT_GAP_SECONDS, metavar="S",
                      help=f"a pause longer than this many seconds starts a new visit (default {VISIT_GAP_SECONDS:g})")
     rep.add_argument("--json", action="store_true", help="also print the numbers drawn, as summary's JSON periods")

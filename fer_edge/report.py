@@ -27,8 +27,8 @@ from .summary import VISIT_GAP_SECONDS, Period, Summary, csv_files, newest_stamp
 
 IMAGE_SIZE = (1280, 720)  # width, height: fixed, so a page or a dashboard can lay it out once
 WINDOW_HOURS = 24.0  # without --since: the last day logged, up to the newest row
-BIN_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 240, 360, 720, 1440)  # auto bins: the first giving at most MAX_BINS
-MAX_BINS = 96  # 15-minute bins over a day: about 12 px each
+BIN_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 240, 360, 720, 1440)  # auto: the first giving under MAX_BINS
+MAX_BINS = 96  # a full day: 30-minute bins, 24 px each; a morning: 5-minute bins
 MAX_VISIT_BARS = 40  # the newest visits, when there are more: a bar must stay wide enough to read
 # Panels: (left, top, right, bottom), pixels.
 TIMELINE = (80, 110, 1250, 370)
@@ -74,7 +74,7 @@ def last_day_since(files: Sequence[Path], hours: float = WINDOW_HOURS) -> str:
 
 
 def auto_minutes(visits: Summary) -> int:
-    """The shortest bin from BIN_MINUTES that covers the rows' span in at most MAX_BINS bins."""
+    """The shortest bin from BIN_MINUTES that covers the rows' span in fewer than MAX_BINS bins."""
     if not visits.periods:
         return BIN_MINUTES[0]
     seconds = _epoch(max(v.last for v in visits.periods)) - _epoch(min(v.first for v in visits.periods))
