@@ -4,6 +4,7 @@
   fer-edge detect     faces and emotions in images, as JSON
   fer-edge evaluate   accuracy and calibration of a .tflite model on a labelled face set (--against: vs another)
   fer-edge summary    what the CSV logs say, per hour, day or visit
+  fer-edge report     a picture of the day from the CSV logs: emotion timeline and visits, one PNG
   fer-edge doctor     check runtime, OpenCV, cascade, cameras, model, disk, preview; say what to fix
   fer-edge config     print the effective configuration
   fer-edge install-service   install the systemd unit (--dry-run prints the steps)
@@ -65,8 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     every = f"every {cfg.analysis.every} frame(s)" if cfg.analysis.every else \
         f"adaptive, {cfg.analysis.target_fps:g} analyses/s"
+    codec = "" if video is None else f"; video {'H.264 (PyAV)' if video.pyav else video.codec + ' (OpenCV)'}"
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
-        f"analysis {every}; detection width {cfg.detection.width}; output {out}")
+        f"analysis {every}; detection width {cfg.detection.width}; output {out}{codec}")
     if csv is not None and not source.live:
         started = datetime.fromtimestamp(source.start_time).astimezone().isoformat(timespec="seconds")
         log(f"csv: rows are stamped with media time: the file's start, {started} ({source.start_basis}), "
@@ -75,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                         preview=preview, notifier=Notifier(), disk=budget)
     if preview is not None:
         preview.stats = pipeline.counters
-        log(f"preview: {preview.url} (live view), {preview.url}status (JSON)")
+        if csv is not None:
+            from .report import CachedReport
+            preview.report = CachedReport(csv.directory)
+        log(f"preview: {preview.url} (live view), {preview.url}status (JSON), {preview.url}report.png (the day)")
     pipeline.install_signal_handlers()
     stats = pipeline.run(max_frames=args.max_frames)
     summary = {
@@ -241,10 +246,11 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
+def log_inputs(args: argparse.Namespace) -> list[Path]:
+    """summary's and report's CSV files: PATH... or output.directory's csv/; --since and --gap checked."""
     import re
 
-    from .summary import csv_files, summarise
+    from .summary import csv_files
 
     if args.since and not re.fullmatch(r"\d{4}-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2})?)?)?)?", args.since):
         raise UsageError(f"--since {args.since!r} is not an ISO date or time; use e.g. 2026-11-01 or 2026-11-01T08:00")
@@ -255,16 +261,52 @@ def cmd_summary(args: argparse.Namespace) -> int:
                            "OUTPUT/csv (the service: /var/lib/fer-edge/csv)")
     if args.gap <= 0:
         raise UsageError(f"--gap {args.gap:g}: give a positive number of seconds, e.g. 60")
-    summary = summarise(files, by=args.by, since=args.since or "", gap=args.gap)
+    return files
+
+
+def warn_skipped(summary) -> None:
     for name, count in summary.skipped.items():
         why = "; ".join(f"{n} {reason}" for reason, n in summary.skip_reasons.get(name, {}).items())
         log(f"warning: skipped {count} unreadable row(s) in {name}" + (f" ({why})" if why else ""))
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import summarise
+
+    files = log_inputs(args)
+    summary = summarise(files, by=args.by, since=args.since or "", gap=args.gap)
+    warn_skipped(summary)
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
     elif not summary.periods:
         print(f"no rows{' since ' + args.since if args.since else ''} in {len(files)} file(s)")
     else:
         print(summary.table())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import PngTarget, build_report, encode_png, render
+
+    if args.by_minutes is not None and 1440 % args.by_minutes:
+        raise UsageError(f"--by-minutes {args.by_minutes}: give a length that divides a day, e.g. 5, 15, 60")
+    target = PngTarget(args.png)  # before the work: a bad -o fails at once
+    try:
+        files = log_inputs(args)
+        report = build_report(files, since=args.since, gap=args.gap, minutes=args.by_minutes or 0)
+        warn_skipped(report.visits)
+        if report.empty:
+            since = f" since {report.since}" if report.since else ""
+            raise DataError(f"no faces logged{since} in {len(files)} CSV file(s): nothing to draw, "
+                            f"{args.png} not written; try an earlier --since")
+        target.write(encode_png(render(report)))
+    except BaseException:
+        target.discard()
+        raise
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    log(f"report: {len(report.visits.periods)} visit(s), {report.analyses} analyses, bins of "
+        f"{report.bin_minutes} min -> {args.png}")
     return 0
 
 
@@ -367,6 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(summ)
     summ.set_defaults(func=cmd_summary)
 
+    rep = sub.add_parser("report", help="a picture of the day: emotion timeline and shares per visit, one PNG")
+    rep.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                     help="CSV files or folders (default: the csv/ folder of output.directory)")
+    rep.add_argument("-o", "--png", type=Path, default=Path("report.png"), metavar="FILE.png",
+                     help="the picture to write, 1280x720 (default report.png)")
+    rep.add_argument("--output", metavar="DIR", help="read DIR/csv, as `run --output DIR` wrote (output.directory)")
+    rep.add_argument("--since", metavar="ISO",
+                     help="draw rows from this date or time on, e.g. 2026-11-01 (default: the last 24 hours logged)")
+    rep.add_argument("--by-minutes", type=int, metavar="N",
+                     help="timeline bins of N minutes, a divisor of 1440 (default: the shortest of 1, 2, 5, 10, 15, "
+                          "30, 60... minutes that gives fewer than 96 bins)")
+    rep.add_argument("--gap", type=float, default=VISIT_GAP_SECONDS, metavar="S",
+                     help=f"a pause longer than this many seconds starts a new visit (default {VISIT_GAP_SECONDS:g})")
+    rep.add_argument("--json", action="store_true", help="also print the numbers drawn, as summary's JSON periods")
+    add_config_options(rep)
+    rep.set_defaults(func=cmd_report)
+
     bench = sub.add_parser("bench", help="measure the pipeline on this device (fps, per-stage ms, RSS)")
     bench.add_argument("video", nargs="?", metavar="VIDEO", help="video file (default: the bundled sample)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -384,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 64
-    for name in ("threads", "every", "max_frames", "detection_width", "limit", "rounds"):
+    for name in ("threads", "every", "max_frames", "detection_width", "limit", "rounds", "by_minutes"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "every" else 1):
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be {'0 or more' if name == 'every' else 'positive'}")

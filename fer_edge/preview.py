@@ -4,7 +4,8 @@ Why: a Pi on a wall has no screen, and aiming its camera by copying video files 
 The main loop hands over a reference to a frame it has already drawn, and only while someone is
 watching; JPEG encoding runs on the server's threads, at most `preview.fps` times a second.
 
-Routes: `/` (a page with the stream), `/stream.mjpg`, `/snapshot.jpg`, `/status` (JSON).
+Routes: `/` (a page with the stream), `/stream.mjpg`, `/snapshot.jpg`, `/status` (JSON),
+`/report.png` (the picture of the day, fer_edge/report.py, from the run's CSV log).
 No authentication: bind it to a trusted network, or to 127.0.0.1 and use an SSH tunnel.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import cv2
 import numpy as np
 
 from .config import parse_listen
-from .errors import ConfigError
+from .errors import ConfigError, FerEdgeError
 from .labels import canonical
 from .records import FaceResult
 
@@ -32,7 +33,8 @@ BOUNDARY = "fer-edge-frame"
 PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>fer-edge</title></head>
 <body style="margin:0;background:#111;color:#ddd;font-family:sans-serif">
 <img src="/stream.mjpg" style="max-width:100%;display:block;margin:auto" alt="live view">
-<p style="text-align:center"><a style="color:#8cf" href="/status">/status</a> (JSON)</p></body></html>
+<p style="text-align:center"><a style="color:#8cf" href="/status">/status</a> (JSON)
+ &middot; <a style="color:#8cf" href="/report.png">/report.png</a> (the day)</p></body></html>
 """
 
 
@@ -46,6 +48,7 @@ class PreviewServer:
         self.labels = tuple(canonical(name) for name in labels)
         self.source_name = source_name
         self.stats = stats  # the run's counters, for /status; set once the pipeline exists
+        self.report = None  # a report.CachedReport of the run's CSV folder, for /report.png; None: no CSV log
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
@@ -153,8 +156,22 @@ class PreviewServer:
                     self._snapshot()
                 elif path == "/stream.mjpg":
                     self._stream()
+                elif path == "/report.png":
+                    self._report()
                 else:
-                    self._send(404, b"not found: try / /stream.mjpg /snapshot.jpg /status\n", "text/plain")
+                    self._send(404, b"not found: try / /stream.mjpg /snapshot.jpg /status /report.png\n",
+                               "text/plain")
+
+            def _report(self) -> None:
+                if server.report is None:
+                    self._send(404, b"no CSV log in this run (csv.enabled = false): nothing to draw\n", "text/plain")
+                    return
+                try:
+                    body = server.report.png()  # drawn here, on this request's thread
+                except FerEdgeError as exc:  # e.g. a CSV in the folder that is not ours
+                    self._send(500, f"{exc}\n".encode(), "text/plain")
+                    return
+                self._send(200, body, "image/png")
 
             def _watch(self, delta: int) -> None:
                 with server._cond:

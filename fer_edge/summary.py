@@ -2,9 +2,10 @@
 
 Reads the rolling CSV files `fer-edge run` writes (any number, in name order, which is time
 order), streams them row by row (memory grows with the number of periods, not rows) and counts,
-per hour, day, visit or the whole span, how many analyses logged each emotion. A visit is a run
-of logged faces with no pause longer than `gap` seconds: when someone was there, and how they
-looked. Rows that cannot be read are counted and reported, never silently dropped.
+per hour, day, visit, bin of minutes or the whole span, how many analyses logged each emotion.
+A visit is a run of logged faces with no pause longer than `gap` seconds: when someone was there,
+and how they looked. Rows that cannot be read are counted and reported, never silently dropped.
+`fer-edge report` draws what these same functions count (fer_edge/report.py).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import Iterable, Sequence
 from .errors import DataError, InputMissing
 from .labels import EMOTIONS, canonical
 
-PERIODS = {"hour": 13, "day": 10, "all": 0, "visit": 19}  # characters of the ISO timestamp naming a period
+PERIODS = {"hour": 13, "day": 10, "all": 0, "visit": 19,  # characters of the ISO timestamp naming a period
+           "minutes": 16}  # bins of `minutes` each, named by their first minute (local, as logged)
 VISIT_GAP_SECONDS = 60.0
 REQUIRED = ("timestamp", "emotion")
 
@@ -134,13 +136,24 @@ def csv_files(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
+def bin_name(stamp: str, minutes: int) -> str:
+    """The bin of `minutes` (a divisor of a day's 1440) a timestamp falls in, named by its first
+    minute in the timestamp's own (local) time: bins restart at midnight, as the clock on the wall."""
+    of_day = int(stamp[11:13]) * 60 + int(stamp[14:16])
+    start = of_day - of_day % minutes
+    return f"{stamp[:11]}{start // 60:02d}:{start % 60:02d}"
+
+
 def summarise(files: Iterable[Path], by: str = "day", since: str = "",
-              gap: float = VISIT_GAP_SECONDS) -> Summary:
+              gap: float = VISIT_GAP_SECONDS, minutes: int = 0) -> Summary:
     """Counts per period of the emotion each logged analysis gave. `since`: an ISO date or time
     prefix; earlier rows are left out (ISO timestamps compare as strings). `gap`: with by="visit",
-    a pause longer than this many seconds starts a new visit."""
+    a pause longer than this many seconds starts a new visit. `minutes`: with by="minutes", the
+    length of a bin, a divisor of 1440."""
     if by not in PERIODS:
         raise ValueError(f"by must be one of {', '.join(PERIODS)}")
+    if by == "minutes" and not (0 < minutes <= 1440 and 1440 % minutes == 0):
+        raise ValueError("minutes must divide a day (1440), e.g. 5, 15, 60")
     cut = PERIODS[by]
     files = list(files)
     periods: dict[str, Period] = {}
@@ -177,7 +190,7 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
                     last_seen = max(last_seen, check.seen)
                     period = visits[-1]
                 else:
-                    key = stamp[:cut] if cut else "all"
+                    key = bin_name(stamp, minutes) if by == "minutes" else stamp[:cut] if cut else "all"
                     period = periods.get(key)
                     if period is None:
                         period = periods[key] = Period(key, first=stamp, last=stamp)
@@ -195,3 +208,25 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
                 reasons[str(path)] = dict(bad)
     found = visits if by == "visit" else [periods[k] for k in sorted(periods)]
     return Summary(by, found, files, list(EMOTIONS) + extra, skipped, reasons)
+
+
+def newest_stamp(files: Sequence[Path], tail_bytes: int = 65536) -> str:
+    """The timestamp of the last readable row of the newest file that has one ("" if none), read
+    from the end of the file: where the last day of months of logs begins, without reading them."""
+    for path in reversed(list(files)):
+        try:
+            with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+                header = next(csv.reader(handle), [])
+            if any(c not in header for c in REQUIRED):
+                continue  # not ours: summarise() names it
+            with path.open("rb") as raw:
+                size = raw.seek(0, 2)
+                raw.seek(max(0, size - tail_bytes))
+                lines = raw.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            continue  # summarise() names a file it cannot read
+        check = _RowCheck(header)
+        for fields in csv.reader(reversed(lines[1:])):  # the first line: the header, or a row cut by the seek
+            if not check(fields):
+                return fields[check.stamp]
+    return ""
