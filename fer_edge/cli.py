@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
-    budget = video = csv = display = preview = None
+    budget = video = csv = display = preview = mqtt = None
     try:
         if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
             from .preview import PreviewServer
@@ -143,10 +143,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         # room for a whole pre-roll, so flushing it when a face appears does not stall capture
         queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
         budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
+        if cfg.mqtt.host:  # after the budget: its spool lives within it
+            from .mqtt import MqttSink
+            mqtt = MqttSink(cfg.mqtt, out, classifier.labels, budget, warn=lambda m: log(f"warning: {m}"))
+            log(f"mqtt: {cfg.mqtt.host}:{cfg.mqtt.port}, topics {mqtt.topics.base}/..."
+                + ("; Home Assistant discovery on" if cfg.mqtt.discovery else ""))
         if cfg.display.enabled:
             display = Display()
     except BaseException:
-        for sink in (preview, video, csv, display, source):
+        for sink in (preview, video, csv, mqtt, display, source):
             if sink is not None:
                 sink.close()
         raise
@@ -155,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
-                        preview=preview, notifier=Notifier(), disk=budget)
+                        preview=preview, notifier=Notifier(), disk=budget, mqtt=mqtt)
     if preview is not None:
         preview.stats = pipeline.counters
         log(f"preview: {preview.url} (live view), {preview.url}status (JSON)")
@@ -172,6 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "csv_rows_dropped": csv.rows_dropped if csv else 0,
         "stage_ms_per_frame": stats.stage_ms_per_frame(),
     }
+    if mqtt is not None:
+        summary["mqtt"] = mqtt.counters()
     short = source.shortfall() if hasattr(source, "shortfall") else ""
     if short:
         summary["source_short"] = short
