@@ -142,12 +142,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         v = cfg.video
         # room for a whole pre-roll, so flushing it when a face appears does not stall capture
         queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
-        budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
-        if cfg.mqtt.host:  # after the budget: its spool lives within it
+        if cfg.mqtt.host:  # before the files too: a wrong password must not leave empty ones behind
             from .mqtt import MqttSink
-            mqtt = MqttSink(cfg.mqtt, out, classifier.labels, budget, warn=lambda m: log(f"warning: {m}"))
+            mqtt = MqttSink(cfg.mqtt, out, classifier.labels, warn=lambda m: log(f"warning: {m}"))
             log(f"mqtt: {cfg.mqtt.host}:{cfg.mqtt.port}, topics {mqtt.topics.base}/..."
                 + ("; Home Assistant discovery on" if cfg.mqtt.discovery else ""))
+        budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
+        if mqtt is not None:
+            mqtt.spool.budget = budget  # what waits for the broker lives within the disk budget
         if cfg.display.enabled:
             display = Display()
     except BaseException:
