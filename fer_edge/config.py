@@ -239,8 +239,7 @@ def _check(cfg: Config) -> None:
     if cfg.preview.listen:
         parse_listen(cfg.preview.listen)
     need(cfg.preview.fps > 0, "preview.fps", "must be positive")
-    if cfg.mqtt.host:
-        _check_mqtt(cfg.mqtt, need)
+    _check_mqtt(cfg.mqtt, need)
 
 
 _TOPIC_LEVELS = re.compile(r"^[^#+/\s]+(/[^#+/\s]+)*$")  # no wildcards, no empty levels
@@ -260,6 +259,8 @@ def _check_mqtt(q: MqttConfig, need) -> None:
         need(_TOPIC_LEVELS.match(value) is not None, f"mqtt.{key}",
              f"is {value!r}; give topic levels without + # spaces or empty levels, e.g. fer-edge")
     need(not q.password_file or bool(q.username), "mqtt.password_file", "needs mqtt.username as well")
+    if not q.host:
+        return  # MQTT off: the files need not be there
     files = [("password_file", q.password_file)]
     if q.tls:
         files += [("ca_file", q.ca_file), ("cert_file", q.cert_file), ("key_file", q.key_file)]

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 from . import __version__
 from .config import MqttConfig
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .labels import EMOTIONS, canonical
 from .records import FaceResult
 from .summary import Period, VisitBuilder, stamp_seconds
@@ -252,7 +252,11 @@ class VisitSpool:
         self.bytes = 0
         self._entries: deque[_Spooled] = deque()
         self._warned = 0.0
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the MQTT spool {directory} ({exc.strerror or exc}); choose a "
+                              "writable output.directory") from None
         for tmp in directory.glob("*.tmp"):  # cut while being written: its visit is not lost, it was never there
             tmp.unlink(missing_ok=True)
         paths = sorted(directory.glob(SPOOL_GLOB))
@@ -464,6 +468,8 @@ class MqttSink:
         with self._cond:
             if reason.is_failure:
                 self._refused = why_refused(reason, self.cfg)
+                if self._answered.is_set() and self.away_why != self._refused[0]:
+                    log.warning("mqtt: %s; retrying", self._refused[0])  # at run time: once per new reason
                 self.away_why = self._refused[0]
             else:
                 self._refused = None
@@ -477,7 +483,8 @@ class MqttSink:
 
     def _on_connect_fail(self, _client, _userdata) -> None:
         with self._cond:
-            self.away_why = f"{self.cfg.host}:{self.cfg.port} unreachable"
+            if self.away_why in ("not connected yet", "disconnected") or self.away_why.startswith("connection lost"):
+                self.away_why = f"{self.cfg.host}:{self.cfg.port} unreachable"  # else: keep the more precise why
         self._answered.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _properties) -> None:

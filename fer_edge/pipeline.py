@@ -203,10 +203,11 @@ class Pipeline:
                     if st.first_analysis_s is None:
                         st.first_analysis_s = clock() - self.t_created
                     t2 = clock()
+                    logged_at = frame.wall_time  # the rows' time, for the CSV and MQTT alike: the same visits
                     if self.csv is not None:
-                        self.csv.write(frame.wall_time, frame.index, detected)
-                    if self.mqtt is not None:  # the same timestamp as the CSV rows: the same visits
-                        self.mqtt.write(frame.wall_time, frame.index, detected, shown)
+                        self.csv.write(logged_at, frame.index, detected)
+                    if self.mqtt is not None:
+                        self.mqtt.write(logged_at, frame.index, detected, shown)
                     if self.on_analysis is not None:
                         self.on_analysis(frame, detected)
                     if self.preview is not None:
