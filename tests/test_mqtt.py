@@ -414,6 +414,40 @@ def test_a_wrong_password_is_a_configuration_error(broker, tmp_path: Path) -> No
     assert ok.returncode == 0, ok.stderr
 
 
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A real CA with openssl: (certificate, key)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", f"/CN={name}"], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make the test certificates")
+def test_tls_with_the_right_ca_connects_and_an_untrusted_certificate_is_a_configuration_error(
+        broker, tmp_path: Path) -> None:
+    ca, ca_key = make_ca(tmp_path, "test-ca")
+    other, _ = make_ca(tmp_path, "other-ca")
+    server_key, csr, server = tmp_path / "server.key", tmp_path / "server.csr", tmp_path / "server.pem"
+    subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(server_key), "-out",
+                    str(csr), "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-out", str(server), "-days", "2", "-extfile", str(tmp_path / "san.ext")],
+                   check=True, capture_output=True)
+    b = broker(settings=f"allow_anonymous true\ncafile {ca}\ncertfile {server}\nkeyfile {server_key}")
+    tls = ["--set", "mqtt.tls=true", "--set"]
+    doctor = fer_edge("doctor", *mqtt_args(b.port, *tls, f"mqtt.ca_file={ca}"))
+    assert "[  ok] mqtt broker" in doctor.stdout and "(TLS)" in doctor.stdout, doctor.stdout
+    ok = fer_edge("run", "--source", str(SAMPLE), "--no-video", "--output", str(tmp_path / "ok"), "--max-frames", "5",
+                  *mqtt_args(b.port, *tls, f"mqtt.ca_file={ca}"))
+    assert ok.returncode == 0 and "Traceback" not in ok.stderr, ok.stderr
+    untrusted = fer_edge("run", "--source", str(SAMPLE), "--no-video", "--output", str(tmp_path / "bad"),
+                         *mqtt_args(b.port, *tls, f"mqtt.ca_file={other}"))
+    one_line_error(untrusted, 78, "TLS", "not trusted", "mqtt.ca_file")
+    doctor = fer_edge("doctor", *mqtt_args(b.port, *tls, f"mqtt.ca_file={other}"))
+    assert "[FAIL] mqtt broker" in doctor.stdout and "not trusted" in doctor.stdout, doctor.stdout
+
+
 def test_an_unreachable_broker_fails_doctor_but_not_the_daemon(tmp_path: Path) -> None:
     port = free_port()
     doctor = fer_edge("doctor", *mqtt_args(port))
