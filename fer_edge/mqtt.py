@@ -338,8 +338,7 @@ class MqttSink:
         self.dev = device_id(cfg)
         self.topics = Topics.of(cfg, self.dev)
         self.labels = tuple(labels)
-        extra = [canonical(label) for label in labels if canonical(label) not in EMOTIONS]
-        self.emotions = list(EMOTIONS) + [label for label in labels if canonical(label) in extra]
+        self.emotions = list(EMOTIONS) + [label for label in labels if label not in EMOTIONS]  # as summary lists them
         self.visit_qos = max(1, cfg.qos)
         self.spool = VisitSpool(out / "mqtt", cfg.spool_max_bytes, budget)
         self._builder = VisitBuilder(cfg.visit_gap_seconds)
