@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 from . import __version__
 from .config import MqttConfig
-from .errors import ConfigError, OutputError
+from .errors import ConfigError
 from .labels import EMOTIONS, canonical
 from .records import FaceResult
 from .summary import Period, VisitBuilder, stamp_seconds
@@ -53,10 +53,15 @@ _AUTH_REFUSED = (134, 135, 4, 5)  # bad user name or password, not authorized (M
 def import_paho() -> Any:
     """paho.mqtt.client, imported only when MQTT is configured: the device path never needs it."""
     try:
+        import paho.mqtt
         import paho.mqtt.client as client
     except ImportError:
         raise ConfigError(f"mqtt.host is set but paho-mqtt is not installed: {INSTALL_HINT} "
                           "(or leave mqtt.host empty)") from None
+    version = getattr(paho.mqtt, "__version__", "0")
+    if not hasattr(client, "CallbackAPIVersion"):  # Pi OS bookworm's python3-paho-mqtt is 1.6
+        raise ConfigError(f"paho-mqtt {version} is too old for fer-edge (it needs 2.x): {INSTALL_HINT} "
+                          "into the venv, where it comes before apt's")
     return client
 
 
@@ -252,11 +257,7 @@ class VisitSpool:
         self.bytes = 0
         self._entries: deque[_Spooled] = deque()
         self._warned = 0.0
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the MQTT spool {directory} ({exc.strerror or exc}); choose a "
-                              "writable output.directory") from None
+        # The folder is made by the first visit written: a run that fails at start leaves none behind.
         for tmp in directory.glob("*.tmp"):  # cut while being written: its visit is not lost, it was never there
             tmp.unlink(missing_ok=True)
         paths = sorted(directory.glob(SPOOL_GLOB))
@@ -289,6 +290,10 @@ class VisitSpool:
                        f"waiting visit, {self.dropped} in all (the CSV log still has them)")
         path = self.directory / f"visit-{self._seq:010d}.json"
         self._seq += 1
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # _write says why
         if self.budget is not None and not self.budget.room_for(self.directory, len(payload) + 4096):
             self._warn("mqtt: the disk is nearly full: visits waiting for the broker are held in memory only")
             path = None

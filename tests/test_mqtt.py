@@ -317,7 +317,10 @@ def test_a_broker_killed_mid_run_and_restarted_loses_no_visit_and_no_frame(broke
             spooled = spooled or bool(list((out / "mqtt").glob("visit-*.json")))
             if spooled and any("mqtt broker away" in s for s in status):
                 break
-        assert spooled, "a visit that finished while the broker was away was not kept on disk"
+        if not spooled:
+            proc.kill()
+        assert spooled, ("a visit that finished while the broker was away was not kept on disk",
+                         proc.communicate(timeout=30), status)
         b.start()  # the same port, the same persistent store
         while proc.poll() is None:
             read_status()
@@ -404,7 +407,7 @@ def test_a_wrong_password_is_a_configuration_error(broker, tmp_path: Path) -> No
                     *mqtt_args(b.port, *login, f"mqtt.password_file={wrong}"))
     line = one_line_error(done, 78, "refused user 'alice'", "mqtt.password_file")
     assert "not-it" not in line  # never the password itself
-    assert not (tmp_path / "out" / "csv").exists()  # refused before any output file was made
+    assert not (tmp_path / "out" / "csv").exists() and not (tmp_path / "out" / "mqtt").exists()  # refused first
     doctor = fer_edge("doctor", *mqtt_args(b.port, *login, f"mqtt.password_file={wrong}"))
     assert doctor.returncode == 1 and "[FAIL] mqtt broker" in doctor.stdout and "refused user" in doctor.stdout
     doctor = fer_edge("doctor", *mqtt_args(b.port, *login, f"mqtt.password_file={right}"))
@@ -499,3 +502,18 @@ def test_the_spool_is_bounded_drops_the_oldest_and_reads_back_in_order(tmp_path:
     assert json.loads(again.head().payload)["id"] == 2
     assert [json.loads(p.read_bytes())["id"] for p in sorted((tmp_path / "mqtt").glob("visit-*.json"))] == [2, 4, 5]
     assert not list((tmp_path / "mqtt").glob("*.tmp"))
+
+
+def test_the_spool_never_takes_the_csv_logs_last_room(tmp_path: Path) -> None:
+    from fer_edge.mqtt import VisitSpool
+    from fer_edge.sinks import DiskBudget, free_bytes
+
+    free = free_bytes(tmp_path)
+    crowded = DiskBudget(csv_dir=tmp_path / "csv", csv_floor=free + 2 ** 30)  # this disk is under the floor
+    spool = VisitSpool(tmp_path / "mqtt", max_bytes=10_000, budget=crowded)
+    spool.add(b'{"id": 1}', in_flight=False)
+    assert len(spool) == 1 and list((tmp_path / "mqtt").glob("visit-*.json")) == []  # held in memory, still sent
+    roomy = DiskBudget(csv_dir=tmp_path / "csv", csv_floor=0)
+    spool.budget = roomy
+    spool.add(b'{"id": 2}', in_flight=False)
+    assert len(spool) == 2 and len(list((tmp_path / "mqtt").glob("visit-*.json"))) == 1
