@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
     source = open_source(cfg.source, cfg.detection.width)
-    budget = video = csv = display = preview = None
+    budget = video = csv = display = preview = mqtt = None
     try:
         if cfg.preview.listen:  # before the files: a port in use must not leave empty output files behind
             from .preview import PreviewServer
@@ -56,9 +56,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         v = cfg.video
         # room for a whole pre-roll, so flushing it when a face appears does not stall capture
         queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
+        if cfg.mqtt.host:  # before the files too: a wrong password must not leave empty ones behind
+            from .mqtt import MqttSink
+            mqtt = MqttSink(cfg.mqtt, out, classifier.labels, warn=lambda m: log(f"warning: {m}"))
+            log(f"mqtt: {cfg.mqtt.host}:{cfg.mqtt.port}, topics {mqtt.topics.base}/..."
+                + ("; Home Assistant discovery on" if cfg.mqtt.discovery else ""))
         budget, video, csv = open_file_sinks(cfg, out, source, classifier.labels, queue_size)
+        if mqtt is not None:
+            mqtt.spool.budget = budget  # what waits for the broker lives within the disk budget
     except BaseException:
-        for sink in (preview, video, csv, display, source):
+        for sink in (preview, video, csv, mqtt, display, source):
             if sink is not None:
                 sink.close()
         if new_folder is not None and new_folder.is_dir() and not any(p.is_file() for p in new_folder.rglob("*")):
@@ -74,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log(f"csv: rows are stamped with media time: the file's start, {started} ({source.start_basis}), "
             "plus each frame's position (column media_s)")
     pipeline = Pipeline(cfg, source, classifier, detector, video=video, csv=csv, display=display,
-                        preview=preview, notifier=Notifier(), disk=budget)
+                        preview=preview, notifier=Notifier(), disk=budget, mqtt=mqtt)
     if preview is not None:
         preview.stats = pipeline.counters
         if csv is not None:
@@ -94,6 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "csv_rows_dropped": csv.rows_dropped if csv else 0,
         "stage_ms_per_frame": stats.stage_ms_per_frame(),
     }
+    if mqtt is not None:
+        summary["mqtt"] = mqtt.counters()
     short = source.shortfall() if hasattr(source, "shortfall") else ""
     if short:
         summary["source_short"] = short

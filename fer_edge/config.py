@@ -111,6 +111,27 @@ class PreviewConfig:
 
 
 @dataclass
+class MqttConfig:
+    host: str = ""  # the broker; empty: MQTT off
+    port: int = 1883  # 8883 is the usual port for TLS
+    username: str = ""
+    password_file: str = ""  # a file holding the password (never the password in this file)
+    tls: bool = False
+    ca_file: str = ""  # tls: the CA that signed the broker's certificate; empty: the system's CAs
+    cert_file: str = ""  # tls: a client certificate, for brokers that ask for one
+    key_file: str = ""  # tls: its private key
+    device_id: str = ""  # the device's name in topics and in Home Assistant; empty: the host name
+    topic_prefix: str = "fer-edge"  # topics are <topic_prefix>/<device_id>/...
+    qos: int = 1  # for availability, state and discovery; visits are always at least 1 (acknowledged)
+    state_interval: float = 1.0  # state messages at most this often (seconds)
+    visit_gap_seconds: float = 60.0  # a pause longer than this ends a visit (summary --by visit --gap)
+    discovery: bool = True  # publish Home Assistant discovery configs
+    discovery_prefix: str = "homeassistant"
+    spool_max_bytes: int = 8 * 1024 ** 2  # visits waiting for the broker, on disk in <output>/mqtt
+    retry_max_seconds: float = 60.0  # reconnecting backs off from 1 s, doubling up to this
+
+
+@dataclass
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -121,10 +142,11 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_SIZE_KEYS = {"max_bytes", "min_free_bytes", "max_total_bytes"}
+_SIZE_KEYS = {"max_bytes", "min_free_bytes", "max_total_bytes", "spool_max_bytes"}
 
 
 def parse_size(text: str) -> int:
@@ -242,6 +264,38 @@ def _check(cfg: Config, origins: dict[str, str]) -> None:
     if cfg.preview.listen:
         parse_listen(cfg.preview.listen)
     need(cfg.preview.fps > 0, "preview.fps", "must be positive")
+    _check_mqtt(cfg.mqtt, need)
+
+
+_TOPIC_LEVELS = re.compile(r"^[^#+/\s]+(/[^#+/\s]+)*$")  # no wildcards, no empty levels
+
+
+def _check_mqtt(q: MqttConfig, need) -> None:
+    need(0 < q.port <= 65535, "mqtt.port", f"is {q.port}; use 1883 (or 8883 for TLS)")
+    need(q.qos in (0, 1, 2), "mqtt.qos", f"is {q.qos}; choose 0, 1 or 2")
+    need(q.state_interval > 0, "mqtt.state_interval", "must be positive (seconds between state messages)")
+    need(q.visit_gap_seconds > 0, "mqtt.visit_gap_seconds", "must be positive")
+    need(q.spool_max_bytes > 0, "mqtt.spool_max_bytes", "must be positive (visits wait there for the broker)")
+    need(q.retry_max_seconds >= 1, "mqtt.retry_max_seconds", f"is {q.retry_max_seconds:g}; use at least 1")
+    need(not q.device_id or re.fullmatch(r"[A-Za-z0-9_-]+", q.device_id) is not None, "mqtt.device_id",
+         f"is {q.device_id!r}; use letters, digits, - and _ (it names topics and Home Assistant ids)")
+    for key in ("topic_prefix", "discovery_prefix"):
+        value = getattr(q, key)
+        need(_TOPIC_LEVELS.match(value) is not None, f"mqtt.{key}",
+             f"is {value!r}; give topic levels without + # spaces or empty levels, e.g. fer-edge")
+    need(not q.password_file or bool(q.username), "mqtt.password_file", "needs mqtt.username as well")
+    if not q.host:
+        return  # MQTT off: the files need not be there
+    files = [("password_file", q.password_file)]
+    if q.tls:
+        files += [("ca_file", q.ca_file), ("cert_file", q.cert_file), ("key_file", q.key_file)]
+    else:
+        stray = [k for k in ("ca_file", "cert_file", "key_file") if getattr(q, k)]
+        need(not stray, f"mqtt.{stray[0] if stray else ''}", "is set but mqtt.tls is false; set mqtt.tls = true")
+    need(bool(q.cert_file) == bool(q.key_file), "mqtt.cert_file/key_file", "go together: give both or neither")
+    for key, name in files:
+        if name:
+            need(Path(name).is_file(), f"mqtt.{key}", f"{name} not found; check the path")
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any, origin: str, origins: dict[str, str],

@@ -146,6 +146,14 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
         return OK, f"{cfg.preview.listen} is free; no password, so keep it on a trusted network"
     check("preview", preview)
 
+    def mqtt():
+        cfg = cfg_holder.get("cfg")
+        if cfg is None or not cfg.mqtt.host:
+            return OK, "off (mqtt.host = \"broker\" publishes to MQTT and Home Assistant)"
+        from .mqtt import check_broker
+        return OK, f"connected to {check_broker(cfg.mqtt)}"
+    check("mqtt broker", mqtt)
+
     width = max(len(name) for _, name, _ in results)
     for status, name, detail in results:
         print(f"[{status:>4}] {name:<{width}}  {detail}")

@@ -134,13 +134,14 @@ class RecordGate:
 
 class Pipeline:
     def __init__(self, cfg: Config, source: Source, classifier: EmotionClassifier, detector: FaceDetector,
-                 *, video=None, csv=None, display=None, preview=None, notifier=None, disk=None,
+                 *, video=None, csv=None, display=None, preview=None, notifier=None, disk=None, mqtt=None,
                  on_analysis: Optional[Callable[[Frame, list[FaceResult]], None]] = None):
         self.t_created = time.perf_counter()
         self.cfg = cfg
         self.source, self.classifier, self.detector = source, classifier, detector
         self.video, self.csv, self.display, self.notifier = video, csv, display, notifier
         self.preview = preview
+        self.mqtt = mqtt  # mqtt.MqttSink: gets what the CSV gets, and the faces in view; never blocks
         self.disk = disk  # the sinks' DiskBudget: free space is checked every few seconds
         self.on_analysis = on_analysis
         self.scheduler = Scheduler(cfg.analysis.every, cfg.analysis.target_fps, cfg.analysis.idle_fps)
@@ -205,8 +206,11 @@ class Pipeline:
                     if st.first_analysis_s is None:
                         st.first_analysis_s = clock() - self.t_created
                     t2 = clock()
+                    logged_at = frame.wall_time  # the rows' time, for the CSV and MQTT alike: the same visits
                     if self.csv is not None:  # a file's rows also say where in it they are
-                        self.csv.write(frame.wall_time, frame.index, detected, None if live else frame.timestamp)
+                        self.csv.write(logged_at, frame.index, detected, None if live else frame.timestamp)
+                    if self.mqtt is not None:
+                        self.mqtt.write(logged_at, frame.index, detected, shown)
                     if self.on_analysis is not None:
                         self.on_analysis(frame, detected)
                     if self.preview is not None:
@@ -323,7 +327,8 @@ class Pipeline:
         return {"frames": st.frames, "analysed": st.analysed, "faces": st.faces, "recorded": st.recorded,
                 "events": st.events, "dropped": self.source.dropped,
                 "video_frames_lost": self.video.frames_lost if self.video is not None else 0,
-                "csv_rows_dropped": self.csv.rows_dropped if self.csv is not None else 0}
+                "csv_rows_dropped": self.csv.rows_dropped if self.csv is not None else 0,
+                **({"mqtt": self.mqtt.counters()} if self.mqtt is not None else {})}
 
     def status_line(self, elapsed: float) -> str:
         st = self.stats
@@ -333,7 +338,7 @@ class Pipeline:
                 f"faces {st.faces}, dropped {self.source.dropped}"
                 + (f", recorded {st.recorded}" if self.video is not None else ""))
         # what disk faults cost: rows and frames that could not be written
-        faults = [sink.status() for sink in (self.csv, self.video) if sink is not None]
+        faults = [sink.status() for sink in (self.csv, self.video, self.mqtt) if sink is not None]
         return ", ".join([line] + [f for f in faults if f])
 
     def close(self) -> None:
@@ -341,7 +346,7 @@ class Pipeline:
         if self.notifier is not None:
             self.notifier.stopping()
         errors = []
-        for sink in (self.video, self.csv, self.display, self.preview, self.source):
+        for sink in (self.video, self.csv, self.mqtt, self.display, self.preview, self.source):
             if sink is None:
                 continue
             try:

@@ -249,6 +249,14 @@ class DiskBudget:
             self.deleted_csv += gone
         return gone
 
+    def room_for(self, directory: Path, nbytes: int) -> bool:
+        """Whether writing `nbytes` more in `directory` (the MQTT spool) keeps free space above the
+        lower floor: what waits for a broker never takes the CSV log's last room."""
+        try:
+            return free_bytes(directory) - nbytes >= self.csv_floor
+        except OSError:
+            return False
+
     def check(self, now: float, cut: bool = False) -> int:
         with self._lock:
             self._next_check = now + self.check_seconds

@@ -35,6 +35,16 @@ class Period:
     first: str = ""
     last: str = ""
 
+    def count(self, stamp: str, emotion: str) -> None:
+        """One logged face: its ISO timestamp and emotion."""
+        self.analyses += 1
+        self.emotions[emotion] += 1
+        self.minutes.add(stamp[:16])
+        if stamp < self.first:  # files of two runs can overlap in time
+            self.first = stamp
+        if stamp > self.last:
+            self.last = stamp
+
     def share(self, emotion: str) -> float:
         return self.emotions[emotion] / self.analyses if self.analyses else 0.0
 
@@ -49,6 +59,48 @@ class Period:
                 "minutes_with_faces": len(self.minutes), "counts": {e: self.emotions[e] for e in emotions},
                 "share": {e: round(self.share(e), 4) for e in emotions},
                 "dominant": self.emotions.most_common(1)[0][0] if self.analyses else None}
+
+
+class VisitBuilder:
+    """Visits from logged faces in time order: a pause longer than `gap` seconds ends one.
+
+    The one definition of a visit, shared by `fer-edge summary --by visit` (reading the CSV back)
+    and the MQTT sink (as rows are logged), so the two always report the same visits. `seen` is the
+    row's timestamp as epoch seconds, parsed back from its ISO text (the CSV's millisecond
+    precision), so both sides compare the same numbers.
+    """
+
+    def __init__(self, gap: float = VISIT_GAP_SECONDS):
+        self.gap = gap
+        self.current: Period | None = None
+        self.last_seen = -math.inf
+
+    def add(self, stamp: str, seen: float, emotion: str) -> Period | None:
+        """Count one logged face; returns the visit it ended by coming after a pause, if any."""
+        finished = None
+        if self.current is None or seen - self.last_seen > self.gap:
+            finished = self.current
+            self.current = Period(stamp[:PERIODS["visit"]], first=stamp, last=stamp)
+        self.last_seen = max(self.last_seen, seen)
+        self.current.count(stamp, emotion)  # type: ignore[union-attr]
+        return finished
+
+    def pause(self, seen: float) -> Period | None:
+        """Nobody logged at `seen`: returns the open visit once the pause has outlasted `gap`."""
+        if self.current is not None and seen - self.last_seen > self.gap:
+            finished, self.current = self.current, None
+            return finished
+        return None
+
+    def finish(self) -> Period | None:
+        """The open visit, ended now (the end of the logs, or of a run)."""
+        finished, self.current = self.current, None
+        return finished
+
+
+def stamp_seconds(stamp: str) -> float:
+    """A logged ISO timestamp as epoch seconds."""
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 @dataclass
@@ -108,7 +160,7 @@ class _RowCheck:
         try:
             if len(stamp) < 19 or stamp[4] != "-":
                 raise ValueError
-            self.seen = datetime.fromisoformat(stamp).timestamp()
+            self.seen = stamp_seconds(stamp)
         except ValueError:
             return "bad timestamp"
         try:
@@ -158,7 +210,7 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
     files = list(files)
     periods: dict[str, Period] = {}
     visits: list[Period] = []
-    last_seen = -math.inf  # epoch seconds of the previous row, for visits
+    builder = VisitBuilder(gap)
     extra: list[str] = []  # emotions beyond the seven (a custom model's labels), in order of appearance
     skipped: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
@@ -185,27 +237,23 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
                 if since and stamp < since:
                     continue
                 if by == "visit":
-                    if check.seen - last_seen > gap:
-                        visits.append(Period(stamp[:cut], first=stamp, last=stamp))
-                    last_seen = max(last_seen, check.seen)
-                    period = visits[-1]
+                    finished = builder.add(stamp, check.seen, emotion)
+                    if finished is not None:
+                        visits.append(finished)
                 else:
                     key = bin_name(stamp, minutes) if by == "minutes" else stamp[:cut] if cut else "all"
                     period = periods.get(key)
                     if period is None:
                         period = periods[key] = Period(key, first=stamp, last=stamp)
-                period.analyses += 1
-                period.emotions[emotion] += 1
-                period.minutes.add(stamp[:16])
-                if stamp < period.first:  # files of two runs can overlap in time
-                    period.first = stamp
-                if stamp > period.last:
-                    period.last = stamp
+                    period.count(stamp, emotion)
                 if emotion not in EMOTIONS and emotion not in extra:
                     extra.append(emotion)
             if bad:
                 skipped[str(path)] = sum(bad.values())
                 reasons[str(path)] = dict(bad)
+    last = builder.finish()
+    if last is not None:
+        visits.append(last)
     found = visits if by == "visit" else [periods[k] for k in sorted(periods)]
     return Summary(by, found, files, list(EMOTIONS) + extra, skipped, reasons)
 

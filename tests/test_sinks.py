@@ -502,7 +502,8 @@ def test_status_line_counts_rows_the_disk_refused(tmp_path: Path) -> None:
             log.tick(1001.0 + 2 * i)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    running = SimpleNamespace(stats=RunStats(frames=10), source=SimpleNamespace(dropped=0, problem=None), video=None, csv=log)
+    running = SimpleNamespace(stats=RunStats(frames=10), source=SimpleNamespace(dropped=0, problem=None), video=None, csv=log,
+                              mqtt=None)
     line = Pipeline.status_line(running, 1.0)
     assert line.startswith("frames 10,") and "csv failing since" in line and "csv rows dropped 2" in line
     log.close()
