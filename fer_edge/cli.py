@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,14 +121,15 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import FaceDetector
     from .pipeline import Pipeline, pre_roll_frames
-    from .sinks import Display, open_file_sinks
+    from .sinks import UMASK, Display, make_dirs, open_file_sinks
     from .sources import open_source
     from .systemd import Notifier
 
     cfg = config_from_args(args)
     out = Path(cfg.output.directory)
+    os.umask(UMASK)  # what FFmpeg and OpenCV create themselves is private too
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
     except OSError as exc:
         raise OutputError(f"output directory {out} cannot be created ({exc.strerror}); "
                           "choose another with --output") from None
@@ -138,7 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if cfg.preview.listen:  # first: a port in use must not leave empty output files behind
             from .preview import PreviewServer
-            preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
+            p = cfg.preview
+            preview = PreviewServer(p.listen, p.fps, classifier.labels, source.name, password_file=p.password_file,
+                                    cert_file=p.cert_file, key_file=p.key_file)
         v = cfg.video
         # room for a whole pre-roll, so flushing it when a face appears does not stall capture
         queue_size = 8 + pre_roll_frames(v.record, source.fps, v.pre_roll_seconds)
@@ -203,7 +207,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
-    annotator = Annotator(classifier.labels) if args.annotate else None
+    annotator = Annotator(classifier.labels, blur=cfg.video.blur if cfg.video.blur_faces else None) \
+        if args.annotate else None
     if args.annotate:
         try:
             args.annotate.mkdir(parents=True, exist_ok=True)
@@ -376,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--record", metavar="WHEN", help="always (default), or faces: video only while a face is in "
                                                        "view, plus video.pre_roll_seconds / post_roll_seconds")
     run.add_argument("--preview", metavar="HOST:PORT",
-                     help="serve a live view (MJPEG) and /status JSON, e.g. :8080 (every interface, no password)")
+                     help="serve a live view (MJPEG) and /status JSON, e.g. :8080 (every interface: "
+                          "set preview.password_file)")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_model_options(run)

@@ -23,6 +23,7 @@ from .errors import ConfigError
 SERVICE_CONFIG = Path("/etc/fer-edge/config.toml")
 SOURCE_KINDS = ("auto", "picamera2", "v4l2", "file")
 RECORD_MODES = ("always", "faces")
+BLUR_STYLES = ("blur", "pixelate")
 MAX_PRE_ROLL_SECONDS = 10.0  # pre-roll frames are held in memory: about 28 MB a second at 640x480, 30 fps
 
 
@@ -79,6 +80,8 @@ class VideoConfig:
     max_age_days: float = 0.0  # retention: delete segments older than this; 0: no limit
     min_free_bytes: int = 512 * 1024 ** 2  # delete the oldest segments to keep this much disk free
     bars: bool = True  # per-emotion bars beside each face
+    blur_faces: bool = False  # blur every tracked face (with a margin) in the video and the live view
+    blur: str = "blur"  # blur_faces: blur | pixelate
 
 
 @dataclass
@@ -108,6 +111,9 @@ class DisplayConfig:
 class PreviewConfig:
     listen: str = ""  # HOST:PORT serving the live view and /status; ":8080": every interface; empty: off
     fps: float = 5.0  # at most this many frames a second to each viewer
+    password_file: str = ""  # a file holding the password every route asks for (HTTP Basic); empty: none
+    cert_file: str = ""  # with key_file: serve HTTPS with this PEM certificate (chain)
+    key_file: str = ""  # the certificate's PEM private key
 
 
 @dataclass
@@ -206,6 +212,7 @@ def _check(cfg: Config) -> None:
     need(v.post_roll_seconds >= 0, "video.post_roll_seconds", "must be 0 or more")
     need(v.codec == "auto" or len(v.codec) == 4, "video.codec",
          f"is {v.codec!r}; use auto, h264 (PyAV) or an OpenCV FourCC such as mp4v or MJPG")
+    need(v.blur in BLUR_STYLES, "video.blur", f"is {v.blur!r}; choose blur or pixelate")
     need(min(v.max_files, v.max_bytes, v.min_free_bytes, v.max_age_days) >= 0, "video retention",
          "values must be 0 or more")
     need(c.max_bytes >= 0 and c.rotate_seconds >= 0, "csv rotation", "values must be 0 or more")
@@ -217,6 +224,8 @@ def _check(cfg: Config) -> None:
     if cfg.preview.listen:
         parse_listen(cfg.preview.listen)
     need(cfg.preview.fps > 0, "preview.fps", "must be positive")
+    need(bool(cfg.preview.cert_file) == bool(cfg.preview.key_file), "preview.cert_file and preview.key_file",
+         "go together: set both for HTTPS, or neither")
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:
