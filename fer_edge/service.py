@@ -71,7 +71,8 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
     """The install steps as shell lines; performs them unless dry_run.
 
     Steps: create the system user (or add an existing one to `video`), copy the example config to
-    `config_path` unless one exists (never overwritten), write the unit, daemon-reload, enable --now.
+    `config_path` unless one exists (never overwritten; 0640, root and the user's group), write the
+    unit, create the output folder (0750, the user's), daemon-reload, enable --now.
     `runner` runs the commands (subprocess.run); the root check applies only to that default, since
     another runner (tests) runs nothing on the system. `version`: systemd's (default: the running one),
     which decides whether the restart back-off keys (254+) are switched on.
@@ -84,7 +85,9 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
 
     def write_config() -> None:
         if not config_path.exists():  # checked again: never overwrite an administrator's config
-            _write(config_path, example.read_text(), 0o644)
+            # 0640, group the service's: it may name a password file; root keeps it, the service reads it
+            _write(config_path, example.read_text(), 0o640)
+            _run(runner, ["chgrp", user, str(config_path)])
 
     def write_unit() -> None:
         unit = render_unit(unit_src.read_text(), executable=executable, config_path=config_path, user=user,
@@ -101,13 +104,16 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
     if config_path.exists():
         steps.append((f"# keep {shlex.quote(str(config_path))} (exists; never overwritten)", None))
     else:
-        steps.append((shlex.join(["install", "-D", "-m", "0644", str(example), str(config_path)]), write_config))
+        steps.append((shlex.join(["install", "-D", "-m", "0640", "-g", user, str(example), str(config_path)]),
+                      write_config))
     sed = [f"s|^ExecStart=.*|ExecStart={executable} run --config {config_path}|"]
     if user != "fer-edge":
         sed += [f"s|^User=.*|User={user}|", f"s|^Group=.*|Group={user}|"]
     sed += [f"s|^#{key}=|{key}=|" for key in newer_keys(version)]
     sed_argv = ["sed"] + [arg for expr in sed for arg in ("-e", expr)] + [str(unit_src)]
     steps.append((f"{shlex.join(sed_argv)} > {shlex.quote(str(unit_path))}", write_unit))
+    # the output folder, private to the service (StateDirectoryMode=0750 keeps it so)
+    steps.append(_command(["install", "-d", "-m", "0750", "-o", user, "-g", user, STATE_DIR], runner))
     steps.append(_command(["systemctl", "daemon-reload"], runner))
     steps.append(_command(["systemctl", "enable", "--now", UNIT_NAME], runner))
     if not dry_run:

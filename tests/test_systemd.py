@@ -161,7 +161,8 @@ def test_unit_runs_hardened_but_with_the_camera() -> None:
     for pair in [("Type", "notify"), ("NotifyAccess", "main"), ("WatchdogSec", "30"), ("Restart", "on-failure"),
                  ("RestartSec", "10"), ("RestartPreventExitStatus", "78"), ("User", "fer-edge"),
                  ("Group", "fer-edge"), ("SupplementaryGroups", "video"), ("StateDirectory", "fer-edge"),
-                 ("LogsDirectory", "fer-edge"), ("ExecReload", "/bin/kill -HUP $MAINPID"),
+                 ("LogsDirectory", "fer-edge"), ("StateDirectoryMode", "0750"), ("LogsDirectoryMode", "0750"),
+                 ("UMask", "0027"), ("ExecReload", "/bin/kill -HUP $MAINPID"),
                  ("KillSignal", "SIGTERM"), ("TimeoutStopSec", "20"), ("NoNewPrivileges", "yes"),
                  ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
                  ("ProtectKernelTunables", "yes"), ("ProtectKernelModules", "yes"),
@@ -252,7 +253,9 @@ def test_dry_run_names_each_step_and_touches_nothing(tmp_path: Path) -> None:
     assert steps[1].startswith("install ") and steps[1].endswith(str(config))
     assert steps[2].startswith("sed ") and steps[2].endswith(f"> {units / 'fer-edge.service'}")
     assert f"ExecStart=/opt/x/bin/fer-edge run --config {config}" in steps[2]
-    assert steps[3:] == ["systemctl daemon-reload", "systemctl enable --now fer-edge.service"]
+    assert steps[1].startswith("install -D -m 0640 -g fer-edge-test-nobody ")
+    assert steps[3] == "install -d -m 0750 -o fer-edge-test-nobody -g fer-edge-test-nobody /var/lib/fer-edge"
+    assert steps[4:] == ["systemctl daemon-reload", "systemctl enable --now fer-edge.service"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -277,10 +280,13 @@ def test_install_writes_config_and_unit_and_runs_the_commands(tmp_path: Path) ->
     steps = install_service(dry_run=False, executable=exe, config_path=config, unit_dir=units, runner=runner)
 
     assert config.read_text() == find_resource(EXAMPLE_CONFIG).read_text()
+    assert config.stat().st_mode & 0o777 == 0o640  # it may name the preview's password file
     unit = (units / "fer-edge.service").read_text()
     assert f"ExecStart={exe} run --config {config}\n" in unit
     assert "/opt/fer-edge" not in unit
-    assert [" ".join(c) for c in runner.commands] == [steps[0], "systemctl daemon-reload",
+    # the group is the service user's, who exists only once useradd really ran: recorded here
+    assert [" ".join(c) for c in runner.commands] == [steps[0], f"chgrp fer-edge {config}", steps[3],
+                                                      "systemctl daemon-reload",
                                                       "systemctl enable --now fer-edge.service"]
     assert runner.commands[0][0] in ("useradd", "usermod")
     if shutil.which("systemd-analyze"):
