@@ -110,7 +110,11 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
         free = shutil.disk_usage(probe).free
         need = cfg.video.min_free_bytes if cfg else 0
         status = OK if free > max(need, 1) * 2 else WARN
-        return status, f"{out}: {free / 1024 ** 3:.1f} GiB free (video keeps {need / 1024 ** 2:.0f} MiB free)"
+        detail = f"{out}: {free / 1024 ** 3:.1f} GiB free (video keeps {need / 1024 ** 2:.0f} MiB free)"
+        if out.is_dir() and out.stat().st_mode & 0o007:  # made by hand, or by a version before 0750
+            status, detail = WARN, detail + (f"; readable by every user (faces are personal data): "
+                                             f"chmod -R o= {out}")
+        return status, detail
     check("output", output)
 
     def video():

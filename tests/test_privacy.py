@@ -238,6 +238,27 @@ def test_listening_beyond_loopback_without_a_password_works_but_warns(tmp_path):
     assert "[  ok] preview" in fer_edge("doctor", "--set", "preview.listen=127.0.0.1:0").stdout
 
 
+def test_failed_logins_stay_bounded_and_back_off():
+    logins = FailedLogins()
+    assert [logins.delay(n) for n in range(1, 13)] == [0, 0, 0, 0, 1, 2, 4, 8, 16, 32, 60, 60]
+    for i in range(FailedLogins.MAX_ADDRESSES + 10):  # addresses an attacker may cycle through
+        for _ in range(FailedLogins.FREE_TRIES):
+            logins.failed(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")
+    assert len(logins._failures) == FailedLogins.MAX_ADDRESSES
+    assert logins.wait("10.0.0.0") == 0 and logins.wait(f"10.0.{(i >> 8) & 255}.{i & 255}") > 0
+    logins.succeeded(f"10.0.{(i >> 8) & 255}.{i & 255}")
+    assert logins.wait(f"10.0.{(i >> 8) & 255}.{i & 255}") == 0
+
+
+def test_doctor_flags_an_output_folder_everyone_can_read(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir(mode=0o755)
+    out.chmod(0o755)
+    assert "readable by every user" in fer_edge("doctor", "--output", str(out)).stdout
+    out.chmod(0o750)
+    assert "readable by every user" not in fer_edge("doctor", "--output", str(out)).stdout
+
+
 # --- retention by age ----------------------------------------------------------------------------
 def aged(path: Path, days: float, text: str = "x\n") -> Path:
     path.write_text(text)
