@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -121,15 +120,15 @@ def open_classifier(args: argparse.Namespace, cfg: Config):
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import FaceDetector
     from .pipeline import Pipeline, pre_roll_frames
-    from .sinks import UMASK, Display, make_dirs, open_file_sinks
+    from .sinks import Display, open_file_sinks, private_umask
     from .sources import open_source
     from .systemd import Notifier
 
+    private_umask()
     cfg = config_from_args(args)
     out = Path(cfg.output.directory)
-    os.umask(UMASK)  # what FFmpeg and OpenCV create themselves is private too
     try:
-        make_dirs(out)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"output directory {out} cannot be created ({exc.strerror}); "
                           "choose another with --output") from None

@@ -207,12 +207,12 @@ def _check(cfg: Config) -> None:
     need(0 <= a.face_margin <= 1, "analysis.face_margin", "must be in [0, 1]")
     need(v.segment_seconds >= 1, "video.segment_seconds", "must be at least 1")
     need(v.record in RECORD_MODES, "video.record", f"is {v.record!r}; choose always or faces")
+    need(v.blur in BLUR_STYLES, "video.blur", f"is {v.blur!r}; choose blur or pixelate")
     need(0 <= v.pre_roll_seconds <= MAX_PRE_ROLL_SECONDS, "video.pre_roll_seconds",
          f"is {v.pre_roll_seconds:g}; use 0 to {MAX_PRE_ROLL_SECONDS:g} (its frames are held in memory)")
     need(v.post_roll_seconds >= 0, "video.post_roll_seconds", "must be 0 or more")
     need(v.codec == "auto" or len(v.codec) == 4, "video.codec",
          f"is {v.codec!r}; use auto, h264 (PyAV) or an OpenCV FourCC such as mp4v or MJPG")
-    need(v.blur in BLUR_STYLES, "video.blur", f"is {v.blur!r}; choose blur or pixelate")
     need(min(v.max_files, v.max_bytes, v.min_free_bytes, v.max_age_days) >= 0, "video retention",
          "values must be 0 or more")
     need(c.max_bytes >= 0 and c.rotate_seconds >= 0, "csv rotation", "values must be 0 or more")
@@ -224,8 +224,9 @@ def _check(cfg: Config) -> None:
     if cfg.preview.listen:
         parse_listen(cfg.preview.listen)
     need(cfg.preview.fps > 0, "preview.fps", "must be positive")
-    need(bool(cfg.preview.cert_file) == bool(cfg.preview.key_file), "preview.cert_file and preview.key_file",
-         "go together: set both for HTTPS, or neither")
+    p = cfg.preview
+    need(bool(p.cert_file) == bool(p.key_file), "preview.key_file" if p.cert_file else "preview.cert_file",
+         "must be set too: HTTPS needs both preview.cert_file and preview.key_file (or leave both empty)")
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any, origin: str) -> None:

@@ -68,6 +68,11 @@ def _partial_of(final: Path) -> Path:
 FILE_MODE, DIR_MODE, UMASK = 0o640, 0o750, 0o027
 
 
+def private_umask() -> None:
+    """For the whole process (`fer-edge run`): new folders 0750 and files 0640 at most, whoever makes them."""
+    os.umask(UMASK)
+
+
 def create_file(path: Path, append: bool = False) -> int:
     """Create a new output file (never an existing one) and return its descriptor, write-only.
     Every output file is created here, so its mode is decided in one place."""
