@@ -226,10 +226,15 @@ def test_listening_beyond_loopback_without_a_password_works_but_warns(tmp_path):
     assert opened.returncode == 0, opened.stderr
     warning, = [line for line in opened.stderr.splitlines() if "no password" in line]
     assert "preview.password_file" in warning
+    secret = password_file(tmp_path)
     closed = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path), "--no-video", "--no-csv",
-                      "--max-frames", "2", "--preview", "0.0.0.0:0",
-                      "--set", f"preview.password_file={password_file(tmp_path)}")
+                      "--max-frames", "2", "--preview", "0.0.0.0:0", "--set", f"preview.password_file={secret}")
     assert closed.returncode == 0 and "no password" not in closed.stderr, closed.stderr
+    assert "readable by every user" not in closed.stderr
+    secret.chmod(0o644)
+    shared = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path), "--no-video", "--no-csv",
+                      "--max-frames", "2", "--preview", "0.0.0.0:0", "--set", f"preview.password_file={secret}")
+    assert shared.returncode == 0 and "readable by every user" in shared.stderr, shared.stderr
     local = fer_edge("run", "--source", str(SAMPLE), "--output", str(tmp_path), "--no-video", "--no-csv",
                      "--max-frames", "2", "--preview", "127.0.0.1:0")
     assert local.returncode == 0 and "no password" not in local.stderr, local.stderr
