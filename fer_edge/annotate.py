@@ -18,7 +18,7 @@ COLOURS = {
 OTHER = (255, 255, 255)
 # video.blur_faces: each box grows by this fraction of its size on every side (hair, ears, chin),
 # and that region is reduced to BLUR_CELLS x BLUR_CELLS colours, whatever its size: too little to
-# recognise anyone, and it costs two resizes of the region only, never of the frame.
+# recognise anyone, and it costs resizing the region only, never the frame.
 BLUR_MARGIN = 0.2
 BLUR_CELLS = 8
 _UPSCALING = {"blur": cv2.INTER_LINEAR, "pixelate": cv2.INTER_NEAREST}  # video.blur: cells back to full size

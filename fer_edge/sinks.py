@@ -78,7 +78,7 @@ def create_file(path: Path, append: bool = False) -> int:
     Every output file is created here, so its mode is decided in one place."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_APPEND if append else 0)
     fd = os.open(path, flags, FILE_MODE)
-    _set_mode(fd, FILE_MODE)  # the umask may have taken bits away, or a looser one may be unset later
+    _set_mode(fd, FILE_MODE)  # exactly this, whatever bits the umask took away
     return fd
 
 
