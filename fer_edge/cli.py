@@ -33,10 +33,11 @@ from .resources import resolve_model
 def cmd_run(args: argparse.Namespace) -> int:
     from .detector import FaceDetector
     from .pipeline import Pipeline, pre_roll_frames
-    from .sinks import Display, open_file_sinks
+    from .sinks import Display, open_file_sinks, private_umask
     from .sources import open_source
     from .systemd import Notifier
 
+    private_umask()
     cfg = config_from_args(args)
     out = Path(cfg.output.directory)
     # Checked now, created only by the sinks: a run that fails before them (no camera, a bad
@@ -50,7 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if cfg.preview.listen:  # before the files: a port in use must not leave empty output files behind
             from .preview import PreviewServer
-            preview = PreviewServer(cfg.preview.listen, cfg.preview.fps, classifier.labels, source.name)
+            p = cfg.preview
+            preview = PreviewServer(p.listen, p.fps, classifier.labels, source.name, password_file=p.password_file,
+                                    cert_file=p.cert_file, key_file=p.key_file)
         if cfg.display.enabled:
             display = Display()
         v = cfg.video
@@ -134,7 +137,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     classifier = open_classifier(args, cfg)
     detector = FaceDetector(cfg.detection)
-    annotator = Annotator(classifier.labels) if args.annotate else None
+    annotator = Annotator(classifier.labels, blur=cfg.video.blur if cfg.video.blur_faces else None) \
+        if args.annotate else None
     if args.annotate:
         try:
             args.annotate.mkdir(parents=True, exist_ok=True)
@@ -350,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--record", metavar="WHEN", help="always (default), or faces: video only while a face is in "
                                                        "view, plus video.pre_roll_seconds / post_roll_seconds")
     run.add_argument("--preview", metavar="HOST:PORT",
-                     help="serve a live view (MJPEG) and /status JSON, e.g. :8080 (every interface, no password)")
+                     help="serve a live view (MJPEG) and /status JSON, e.g. :8080 (every interface: "
+                          "set preview.password_file)")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     add_model_options(run)

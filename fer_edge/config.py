@@ -23,6 +23,7 @@ from .errors import ConfigError
 SERVICE_CONFIG = Path("/etc/fer-edge/config.toml")
 SOURCE_KINDS = ("auto", "picamera2", "v4l2", "file")
 RECORD_MODES = ("always", "faces")
+BLUR_STYLES = ("blur", "pixelate")
 MAX_PRE_ROLL_SECONDS = 10.0  # pre-roll frames are held in memory: about 28 MB a second at 640x480, 30 fps
 
 
@@ -79,6 +80,8 @@ class VideoConfig:
     max_age_days: float = 0.0  # retention: delete segments older than this; 0: no limit
     min_free_bytes: int = 512 * 1024 ** 2  # delete the oldest segments to keep this much disk free
     bars: bool = True  # per-emotion bars beside each face
+    blur_faces: bool = False  # blur every tracked face (with a margin) in the video and the live view
+    blur: str = "blur"  # blur_faces: blur | pixelate
 
 
 @dataclass
@@ -108,6 +111,9 @@ class DisplayConfig:
 class PreviewConfig:
     listen: str = ""  # HOST:PORT serving the live view and /status; ":8080": every interface; empty: off
     fps: float = 5.0  # at most this many frames a second to each viewer
+    password_file: str = ""  # a file holding the password every route asks for (HTTP Basic); empty: none
+    cert_file: str = ""  # with key_file: serve HTTPS with this PEM certificate (chain)
+    key_file: str = ""  # the certificate's PEM private key
 
 
 @dataclass
@@ -250,6 +256,7 @@ def _check(cfg: Config, origins: dict[str, str]) -> None:
     need(0 <= a.face_margin <= 1, "analysis.face_margin", "must be in [0, 1]")
     need(v.segment_seconds >= 1, "video.segment_seconds", "must be at least 1")
     need(v.record in RECORD_MODES, "video.record", f"is {v.record!r}; choose always or faces")
+    need(v.blur in BLUR_STYLES, "video.blur", f"is {v.blur!r}; choose blur or pixelate")
     need(0 <= v.pre_roll_seconds <= MAX_PRE_ROLL_SECONDS, "video.pre_roll_seconds",
          f"is {v.pre_roll_seconds:g}; use 0 to {MAX_PRE_ROLL_SECONDS:g} (its frames are held in memory)")
     need(v.post_roll_seconds >= 0, "video.post_roll_seconds", "must be 0 or more")
@@ -264,6 +271,9 @@ def _check(cfg: Config, origins: dict[str, str]) -> None:
     if cfg.preview.listen:
         parse_listen(cfg.preview.listen)
     need(cfg.preview.fps > 0, "preview.fps", "must be positive")
+    p = cfg.preview
+    need(bool(p.cert_file) == bool(p.key_file), "preview.key_file" if p.cert_file else "preview.cert_file",
+         "must be set too: HTTPS needs both preview.cert_file and preview.key_file (or leave both empty)")
     _check_mqtt(cfg.mqtt, need)
 
 

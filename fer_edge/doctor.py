@@ -111,7 +111,11 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
         free = shutil.disk_usage(probe).free
         need = cfg.video.min_free_bytes if cfg else 0
         status = OK if free > max(need, 1) * 2 else WARN
-        return status, f"{out}: {free / 1024 ** 3:.1f} GiB free (video keeps {need / 1024 ** 2:.0f} MiB free)"
+        detail = f"{out}: {free / 1024 ** 3:.1f} GiB free (video keeps {need / 1024 ** 2:.0f} MiB free)"
+        if out.is_dir() and out.stat().st_mode & 0o007:  # made by hand, or by a version before 0750
+            status, detail = WARN, detail + (f"; readable by every user (faces are personal data): "
+                                             f"chmod -R o= {out}")
+        return status, detail
     check("output", output)
 
     def video():
@@ -143,7 +147,19 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
             except OSError as exc:
                 return FAIL, (f"{cfg.preview.listen}: cannot listen ({exc.strerror or exc}); "
                               "choose another preview.listen port")
-        return OK, f"{cfg.preview.listen} is free; no password, so keep it on a trusted network"
+        from .preview import is_loopback, read_password, tls_context
+        p = cfg.preview
+        if p.password_file:
+            read_password(p.password_file)  # what the run reads at start: a problem is a FAIL here
+        if p.cert_file:
+            tls_context(p.cert_file, p.key_file)
+        scheme = "HTTPS" if p.cert_file else "HTTP, unencrypted"
+        if p.password_file:
+            return OK, f"{p.listen} is free; password from {p.password_file}; {scheme}"
+        if is_loopback(host):
+            return OK, f"{p.listen} is free; this machine only, no password"
+        return WARN, (f"{p.listen} serves the camera to the network with no password: set preview.password_file "
+                      "(README: Privacy), or listen on 127.0.0.1")
     check("preview", preview)
 
     def mqtt():

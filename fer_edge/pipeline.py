@@ -149,7 +149,8 @@ class Pipeline:
         self._next_full_scan = -math.inf  # media time of the next full-frame scan
         self._last_analysis = -math.inf
         self.tracker = FaceTracker(classifier.labels, smoothing=cfg.analysis.smoothing)
-        self.annotator = Annotator(classifier.labels, bars=cfg.video.bars)
+        self.annotator = Annotator(classifier.labels, bars=cfg.video.bars,
+                                   blur=cfg.video.blur if cfg.video.blur_faces else None)
         v = cfg.video
         self.gate = RecordGate(v.record, source.fps, v.pre_roll_seconds, v.post_roll_seconds)
         self.grey_faces = classifier.info.input_channels == 1

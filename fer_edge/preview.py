@@ -6,18 +6,29 @@ watching; JPEG encoding runs on the server's threads, at most `preview.fps` time
 
 Routes: `/` (a page with the stream), `/stream.mjpg`, `/snapshot.jpg`, `/status` (JSON),
 `/report.png` (the picture of the day, fer_edge/report.py, from the run's CSV log).
-No authentication: bind it to a trusted network, or to 127.0.0.1 and use an SSH tunnel.
+With `preview.password_file`, every request, whatever its route or method, needs that password
+(HTTP Basic, any user name), checked before it is routed; `preview.cert_file`/`key_file` add TLS.
+Without a password, bind it to 127.0.0.1 and use an SSH tunnel, or to a trusted network.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
+import math
+import os
 import socket
+import ssl
+import sys
 import threading
 import time
+from collections import OrderedDict
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -38,12 +49,138 @@ PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>fer-edge</tit
 """
 
 
+REALM = "fer-edge"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (from preview.listen) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def read_password(path: str) -> bytes:
+    """The password in preview.password_file (its first line), as UTF-8 bytes."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            password = fh.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"preview.password_file {path} cannot be read ({getattr(exc, 'strerror', None) or exc}); "
+                          "put the password on its first line, readable by the service, or leave "
+                          "preview.password_file empty") from None
+    if not password:
+        raise ConfigError(f"preview.password_file {path} is empty; put the password on its first line")
+    return password.encode()
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for preview.cert_file / key_file (PEM); a passphrase is never asked for."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file, password=lambda: b"")  # not a prompt on the journal
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        raise ConfigError(f"preview.cert_file {cert_file} or key_file {key_file} cannot be read "
+                          f"({exc.strerror}); check both paths and that the service may read them") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"preview.cert_file {cert_file} and key_file {key_file} are not a PEM certificate and "
+                          f"its unencrypted key ({getattr(exc, 'reason', None) or exc})") from None
+    return context
+
+
+class FailedLogins:
+    """Wrong passwords per client address, so guessing is slow while others are not held up.
+
+    After FREE_TRIES wrong passwords (typos), an address must wait 1 s, then 2, 4 ... up to
+    MAX_WAIT s between tries; one that tries sooner is refused (429) without its password being
+    checked, so no thread sleeps and parallel connections gain nothing. A right password clears
+    the count; an address is forgotten after FORGET_SECONDS, and at most MAX_ADDRESSES are kept.
+    """
+
+    FREE_TRIES = 5
+    MAX_WAIT = 60.0
+    FORGET_SECONDS = 900.0
+    MAX_ADDRESSES = 4096
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address: (count, last)
+
+    def wait(self, address: str) -> float:
+        """Seconds before `address` may try again; 0: now."""
+        with self._lock:
+            count, last = self._failures.get(address, (0, 0.0))
+            if not count:
+                return 0.0
+            now = self._clock()
+            if now - last > self.FORGET_SECONDS:
+                del self._failures[address]
+                return 0.0
+            return max(0.0, last + self.delay(count) - now)
+
+    def failed(self, address: str) -> int:
+        """Count a wrong password; returns the address's count."""
+        with self._lock:
+            count = self._failures.pop(address, (0, 0.0))[0] + 1
+            self._failures[address] = (count, self._clock())  # last in order: the newest
+            while len(self._failures) > self.MAX_ADDRESSES:
+                self._failures.popitem(last=False)
+            return count
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)
+
+    @classmethod
+    def delay(cls, count: int) -> float:
+        return 0.0 if count < cls.FREE_TRIES else min(cls.MAX_WAIT, 2.0 ** (count - cls.FREE_TRIES))
+
+
+def _basic_password(header: str) -> Optional[bytes]:
+    """The password of an `Authorization: Basic` header (the user name is not checked); None if absent."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except ValueError:
+        return b""  # garbled credentials: a wrong password
+    return decoded.partition(b":")[2]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    tls: Optional[ssl.SSLContext] = None
+
+    def get_request(self):
+        sock, address = super().get_request()
+        if self.tls is not None:  # the handshake happens on the request's thread, not in accept()
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a viewer gone, a failed TLS handshake, plain HTTP to HTTPS
+            log.debug("preview %s: %s", client_address[0], error)
+        else:
+            log.exception("preview %s: request failed", client_address[0])
+
+
 class PreviewServer:
     """Serves the latest published frame and results; `watched` says whether frames are wanted."""
 
     def __init__(self, listen: str, fps: float, labels: Sequence[str], source_name: str,
-                 stats: Callable[[], dict] | None = None, jpeg_quality: int = 80):
+                 stats: Callable[[], dict] | None = None, jpeg_quality: int = 80,
+                 password_file: str = "", cert_file: str = "", key_file: str = ""):
         host, port = parse_listen(listen)
+        # read before listening: a missing file is a configuration error, and only a digest is kept
+        self._password = hashlib.sha256(read_password(password_file)).digest() if password_file else None
+        self._failed_logins = FailedLogins()
+        tls = tls_context(cert_file, key_file) if cert_file else None
         self.period = 1.0 / fps
         self.labels = tuple(canonical(name) for name in labels)
         self.source_name = source_name
@@ -60,15 +197,20 @@ class PreviewServer:
         self._encoded: tuple[int, bytes] = (0, b"")  # (frame seq, JPEG) of the last encoded frame
         self._closing = False
         try:
-            self._server = ThreadingHTTPServer((host, port), self._handler_class())
+            self._server = _Server((host, port), self._handler_class())
         except OSError as exc:
             raise ConfigError(f"preview.listen {listen}: cannot listen there ({exc.strerror or exc}); choose "
                               "another port, or leave preview.listen empty to turn the preview off") from None
-        self._server.daemon_threads = True
+        self._server.tls = tls
         bound_host, self.port = self._server.server_address[:2]
         # every interface: name the machine, as a browser elsewhere on the network must reach it
         shown_host = socket.gethostname() if bound_host in ("0.0.0.0", "::") else bound_host
-        self.url = f"http://{shown_host}:{self.port}/"
+        self.url = f"{'https' if tls else 'http'}://{shown_host}:{self.port}/"
+        if self._password is None and not is_loopback(host):
+            log.warning("preview: %s serves the camera to anyone who can reach this machine, with no password; "
+                        "set preview.password_file (README: Privacy), or listen on 127.0.0.1", listen)
+        elif password_file and os.stat(password_file).st_mode & 0o004:
+            log.warning("preview: preview.password_file %s is readable by every user; chmod o-r it", password_file)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="fer-preview", daemon=True)
         self._thread.start()
@@ -137,6 +279,51 @@ class PreviewServer:
 
             def log_message(self, fmt: str, *args) -> None:  # not on stderr: the journal is for the loop
                 log.debug("preview %s: " + fmt, self.client_address[0], *args)
+
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):  # on this thread: a slow client holds up no one
+                    self.request.settimeout(10.0)
+                    self.request.do_handshake()
+                    self.request.settimeout(None)
+                super().setup()
+
+            def parse_request(self) -> bool:
+                # Every request passes here before it is dispatched to a do_* method: checking the
+                # password here covers each route and method, including ones added later.
+                return super().parse_request() and self._admitted()
+
+            def _admitted(self) -> bool:
+                if server._password is None:
+                    return True
+                address = self.client_address[0]
+                wait = server._failed_logins.wait(address)
+                if wait > 0:
+                    seconds = str(math.ceil(wait))
+                    self._refuse(429, f"too many wrong passwords from {address}: try again in {seconds} s\n",
+                                 "Retry-After", seconds)
+                    return False
+                given = _basic_password(self.headers.get("Authorization", ""))
+                if given is not None:
+                    if hmac.compare_digest(hashlib.sha256(given).digest(), server._password):
+                        server._failed_logins.succeeded(address)
+                        return True
+                    if server._failed_logins.failed(address) == FailedLogins.FREE_TRIES:
+                        log.warning("preview: %d wrong passwords from %s; its further tries are slowed down",
+                                    FailedLogins.FREE_TRIES, address)
+                self._refuse(401, "the live view needs its password (preview.password_file)\n",
+                             "WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')
+                return False
+
+            def _refuse(self, code: int, text: str, header: str, value: str) -> None:
+                body = text.encode()
+                self.send_response(code)
+                self.send_header(header, value)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)

@@ -71,7 +71,8 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
     """The install steps as shell lines; performs them unless dry_run.
 
     Steps: create the system user (or add an existing one to `video`), copy the example config to
-    `config_path` unless one exists (never overwritten), write the unit, daemon-reload, enable --now.
+    `config_path` unless one exists (never overwritten; 0640, root and the user's group), write the
+    unit, create the output folder (0750, the user's), daemon-reload, enable --now.
     `runner` runs the commands (subprocess.run); the root check applies only to that default, since
     another runner (tests) runs nothing on the system. `version`: systemd's (default: the running one),
     which decides whether the restart back-off keys (254+) are switched on.
@@ -86,8 +87,10 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
 
     def write_config() -> None:
         if not config_path.exists():  # checked again: never overwrite an administrator's config
-            _write(config_path, example.read_text(), 0o644)
+            # 0640, group the service's: it may name a password file; root keeps it, the service reads it
+            _write(config_path, example.read_text(), 0o640)
             wrote_config.append(config_path)
+            _run(runner, ["chgrp", user, str(config_path)])
 
     def remove_config() -> None:
         for path in wrote_config:  # only the one this install wrote
@@ -110,8 +113,8 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
     if config_path.exists():
         steps.append((f"# keep {shlex.quote(str(config_path))} (exists; never overwritten)", None, None, ""))
     else:
-        steps.append((shlex.join(["install", "-D", "-m", "0644", str(example), str(config_path)]), write_config,
-                      remove_config, f"config {config_path}"))
+        steps.append((shlex.join(["install", "-D", "-m", "0640", "-g", user, str(example), str(config_path)]),
+                      write_config, remove_config, f"config {config_path}"))
     sed = [f"s|^ExecStart=.*|ExecStart={executable} run --config {config_path}|"]
     if user != "fer-edge":
         sed += [f"s|^User=.*|User={user}|", f"s|^Group=.*|Group={user}|"]
@@ -123,6 +126,12 @@ def install_service(*, dry_run: bool, executable: Path | None = None, user: str 
         _run(runner, ["systemctl", "daemon-reload"])
     steps.append((f"{shlex.join(sed_argv)} > {shlex.quote(str(unit_path))}", write_unit, remove_unit,
                   f"unit {unit_path}"))
+    # the output folder, private to the service (StateDirectoryMode=0750 keeps it so); undone only
+    # if this install made it, and only while empty: an earlier install's data stays
+    made_state_dir = not Path(STATE_DIR).exists()
+    steps.append((*_command(["install", "-d", "-m", "0750", "-o", user, "-g", user, STATE_DIR], runner),
+                  (lambda: _run(runner, ["rmdir", "--ignore-fail-on-non-empty", STATE_DIR])) if made_state_dir else None,
+                  f"{STATE_DIR} (0750, {user})"))
     steps.append((*_command(["systemctl", "daemon-reload"], runner), None, ""))  # undone with the unit
     disable = ["systemctl", "disable", "--now", UNIT_NAME]
 

@@ -62,11 +62,47 @@ def _partial_of(final: Path) -> Path:
     return final.with_name(final.stem + PARTIAL + final.suffix)
 
 
+# Faces and feelings are personal data: what a run writes is readable by its owner and group only
+# (the service's user and group), whatever the umask. `fer-edge run` also sets UMASK, for what
+# FFmpeg, OpenCV or anything else creates on its own.
+FILE_MODE, DIR_MODE, UMASK = 0o640, 0o750, 0o027
+
+
+def private_umask() -> None:
+    """For the whole process (`fer-edge run`): new folders 0750 and files 0640 at most, whoever makes them."""
+    os.umask(UMASK)
+
+
 def create_file(path: Path, append: bool = False) -> int:
     """Create a new output file (never an existing one) and return its descriptor, write-only.
     Every output file is created here, so its mode is decided in one place."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_APPEND if append else 0)
-    return os.open(path, flags, 0o666)
+    fd = os.open(path, flags, FILE_MODE)
+    _set_mode(fd, FILE_MODE)  # exactly this, whatever bits the umask took away
+    return fd
+
+
+def make_dirs(directory: Path) -> None:
+    """`mkdir -p` whose new folders are DIR_MODE whatever the umask; existing ones are left as they are."""
+    missing = []
+    while not directory.is_dir() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(DIR_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # made meanwhile by someone else: not ours to change
+        _set_mode(folder, DIR_MODE)
+
+
+def _set_mode(target: int | Path, mode: int) -> None:
+    try:
+        os.chmod(target, mode)
+    except OSError:  # a file system without modes (FAT on a USB stick): nothing to set
+        pass
 
 
 def fsync_dir(directory: Path) -> None:
@@ -85,7 +121,7 @@ def fsync_dir(directory: Path) -> None:
 
 def _make_dir(directory: Path, what: str) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
     except OSError as exc:
         raise OutputError(f"cannot create {what} directory {directory} ({exc.strerror or exc}); "
                           "choose a writable output.directory") from None
@@ -659,7 +695,7 @@ class SegmentedVideoWriter:
         if self.budget.csv_floor and free < self.budget.csv_floor:
             raise OSError(errno.ENOSPC, f"only {free >> 20} MiB free, under csv.min_free_bytes: the CSV log "
                           "comes first")
-        self.directory.mkdir(parents=True, exist_ok=True)  # an administrator may have removed it
+        make_dirs(self.directory)  # an administrator may have removed it
         final, self._seq = _free_name(self.directory, self.prefix, time.time(), self._seq, self.extension)
         partial = _partial_of(final)
         try:
@@ -972,7 +1008,7 @@ class RollingCsvLog:
         now = self._clock()
         path, self._seq = _free_name(self.directory, self.prefix, now, self._seq, ".csv")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.directory)
             self._fd = create_file(path, append=True)  # a truncated-back write continues at the end
         except OSError as exc:
             self._open_error = _why(exc)

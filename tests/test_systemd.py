@@ -161,7 +161,8 @@ def test_unit_runs_hardened_but_with_the_camera() -> None:
     for pair in [("Type", "notify"), ("NotifyAccess", "main"), ("WatchdogSec", "30"), ("Restart", "on-failure"),
                  ("RestartSec", "10"), ("RestartPreventExitStatus", "78"), ("User", "fer-edge"),
                  ("Group", "fer-edge"), ("SupplementaryGroups", "video"), ("StateDirectory", "fer-edge"),
-                 ("LogsDirectory", "fer-edge"), ("ExecReload", "/bin/kill -HUP $MAINPID"),
+                 ("LogsDirectory", "fer-edge"), ("StateDirectoryMode", "0750"), ("LogsDirectoryMode", "0750"),
+                 ("UMask", "0027"), ("ExecReload", "/bin/kill -HUP $MAINPID"),
                  ("KillSignal", "SIGTERM"), ("TimeoutStopSec", "20"), ("NoNewPrivileges", "yes"),
                  ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
                  ("ProtectKernelTunables", "yes"), ("ProtectKernelModules", "yes"),
@@ -262,7 +263,9 @@ def test_dry_run_names_each_step_and_touches_nothing(tmp_path: Path) -> None:
     assert steps[1].startswith("install ") and steps[1].endswith(str(config))
     assert steps[2].startswith("sed ") and steps[2].endswith(f"> {units / 'fer-edge.service'}")
     assert f"ExecStart={exe} run --config {config}" in steps[2]
-    assert steps[3:] == ["systemctl daemon-reload", "systemctl enable --now fer-edge.service"]
+    assert steps[1].startswith("install -D -m 0640 -g fer-edge-test-nobody ")
+    assert steps[3] == "install -d -m 0750 -o fer-edge-test-nobody -g fer-edge-test-nobody /var/lib/fer-edge"
+    assert steps[4:] == ["systemctl daemon-reload", "systemctl enable --now fer-edge.service"]
     assert [p.name for p in tmp_path.iterdir()] == ["venv"]
 
 
@@ -286,10 +289,13 @@ def test_install_writes_config_and_unit_and_runs_the_commands(tmp_path: Path) ->
     steps = install_service(dry_run=False, executable=exe, config_path=config, unit_dir=units, runner=runner)
 
     assert config.read_text() == find_resource(EXAMPLE_CONFIG).read_text()
+    assert config.stat().st_mode & 0o777 == 0o640  # it may name the preview's password file
     unit = (units / "fer-edge.service").read_text()
     assert f"ExecStart={exe} run --config {config}\n" in unit
     assert "/opt/fer-edge" not in unit
-    assert [" ".join(c) for c in runner.commands] == [steps[0], "systemctl daemon-reload",
+    # the group is the service user's, who exists only once useradd really ran: recorded here
+    assert [" ".join(c) for c in runner.commands] == [steps[0], f"chgrp fer-edge {config}", steps[3],
+                                                      "systemctl daemon-reload",
                                                       "systemctl enable --now fer-edge.service"]
     assert runner.commands[0][0] in ("useradd", "usermod")
     if shutil.which("systemd-analyze"):
@@ -306,17 +312,20 @@ def test_a_failed_install_undoes_what_it_did_or_says_what_is_left(tmp_path: Path
     exe = executable(tmp_path)
     config, units = tmp_path / "etc" / "config.toml", tmp_path / "units"
     runner = Recorder(failing=("systemctl enable",))
+    state_dir_there = Path("/var/lib/fer-edge").exists()  # then the install keeps it: it may hold data
     with pytest.raises(Unavailable) as info:
         install_service(dry_run=False, executable=exe, user="fer-edge-test-nobody", config_path=config,
                         unit_dir=units, runner=runner)
     assert not config.exists() and not (units / "fer-edge.service").exists()
-    # undone newest first: the failed enable disabled, the unit removed and systemd reloaded, the user deleted
-    assert [" ".join(c) for c in runner.commands[-4:]] == [
-        "systemctl enable --now fer-edge.service", "systemctl disable --now fer-edge.service",
+    # undone newest first: the failed enable disabled, the output folder it made removed (if empty),
+    # the unit removed and systemd reloaded, the user deleted
+    undone = [] if state_dir_there else ["rmdir --ignore-fail-on-non-empty /var/lib/fer-edge"]
+    assert [" ".join(c) for c in runner.commands[-4 - len(undone):]] == [
+        "systemctl enable --now fer-edge.service", "systemctl disable --now fer-edge.service", *undone,
         "systemctl daemon-reload", "userdel fer-edge-test-nobody"]
     message = str(info.value)
     assert "systemctl enable --now fer-edge.service` failed" in message and "undone: " in message
-    assert "nothing is left in place" in message
+    assert ("left in place: /var/lib/fer-edge" in message) if state_dir_there else ("nothing is left in place" in message)
     # the user cannot be removed again: the error says it is still there, and how to remove it
     stuck = Recorder(failing=("systemctl enable", "userdel"))
     with pytest.raises(Unavailable) as info:
