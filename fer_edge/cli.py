@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"adaptive, {cfg.analysis.target_fps:g} analyses/s"
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}")
-    if csv is not None and not source.live:
+    if csv is not None and not source.live and not cfg.source.realtime:
         started = datetime.fromtimestamp(source.start_time).astimezone().isoformat(timespec="seconds")
         log(f"csv: rows are stamped with media time: the file's start, {started} ({source.start_basis}), "
             "plus each frame's position (column media_s)")
