@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     codec = "" if video is None else f"; video {'H.264 (PyAV)' if video.pyav else video.codec + ' (OpenCV)'}"
     log(f"source {source.name} {source.frame_size[0]}x{source.frame_size[1]} @ {source.fps:.2f} fps; "
         f"analysis {every}; detection width {cfg.detection.width}; output {out}{codec}")
-    if csv is not None and not source.live:
+    if csv is not None and not source.live and not cfg.source.realtime:
         started = datetime.fromtimestamp(source.start_time).astimezone().isoformat(timespec="seconds")
         log(f"csv: rows are stamped with media time: the file's start, {started} ({source.start_basis}), "
             "plus each frame's position (column media_s)")

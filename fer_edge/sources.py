@@ -150,9 +150,10 @@ class VideoFileSource(Source):
         return self._frame(image)
 
     def _frame(self, image: np.ndarray) -> Frame:
-        """A frame at its place in the file: its position, and the time it shows (the log's)."""
+        """A frame at its place in the file: its position, and the time it shows (the log's): the
+        file's start plus the position, or with `realtime`, played as a camera would, now."""
         position = self._index / self.fps
-        return Frame(image, self._index, position, self.start_time + position)
+        return Frame(image, self._index, position, time.time() if self.realtime else self.start_time + position)
 
     def shortfall(self) -> str:
         """After the stream ended: why the file looks short (fewer frames than its header

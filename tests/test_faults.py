@@ -335,9 +335,9 @@ def test_summary_skips_a_cut_row_instead_of_inventing_an_emotion(tmp_path: Path)
     with open(log, "a") as fh:
         fh.write("2026-12-04T17:23:30.111+00:00,5,x.mp4,1,1,1,1,1,happ\n")  # the cut row
         fh.write(",".join(["2026-12-04T17:23:31.000+00:00", "7", "x.mp4", "1", "1", "1", "1", "1", "joy", "0.9"]
-                          + ["0.1"] * 7) + "\n")  # whole, but an emotion the file has no column for
+                          + ["0.1"] * 7 + ["0.467"]) + "\n")  # whole, but an emotion the file has no column for
         fh.write(",".join(["2026-12-04T17:23:32.000+00:00", "seven", "x.mp4", "1", "1", "1", "1", "1", "sad",
-                           "0.9"] + ["0.1"] * 7) + "\n")
+                           "0.9"] + ["0.1"] * 7 + ["0.533"]) + "\n")
     done = subprocess.run(fer_edge_cmd("summary", str(tmp_path / "csv"), "--by", "all", "--json"),
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
