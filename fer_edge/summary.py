@@ -78,9 +78,12 @@ class VisitBuilder:
     def add(self, stamp: str, seen: float, emotion: str) -> Period | None:
         """Count one logged face; returns the visit it ended by coming after a pause, if any."""
         finished = None
-        if self.current is None or seen - self.last_seen > self.gap:
+        # A pause ends a visit; so does a jump back by more than the gap: rows of another video
+        # file, stamped with that file's own media time, or a clock set back.
+        if self.current is None or abs(seen - self.last_seen) > self.gap:
             finished = self.current
             self.current = Period(stamp[:PERIODS["visit"]], first=stamp, last=stamp)
+            self.last_seen = seen
         self.last_seen = max(self.last_seen, seen)
         self.current.count(stamp, emotion)  # type: ignore[union-attr]
         return finished
@@ -254,7 +257,8 @@ def summarise(files: Iterable[Path], by: str = "day", since: str = "",
     last = builder.finish()
     if last is not None:
         visits.append(last)
-    found = visits if by == "visit" else [periods[k] for k in sorted(periods)]
+    # files are read in name order, but a video file's rows carry its own media time
+    found = sorted(visits, key=lambda v: stamp_seconds(v.first)) if by == "visit" else [periods[k] for k in sorted(periods)]
     return Summary(by, found, files, list(EMOTIONS) + extra, skipped, reasons)
 
 

@@ -460,6 +460,24 @@ def test_summary_counts_per_hour_across_rotated_files_and_reports_a_cut_row(tmp_
     assert visits.table().splitlines()[0].startswith("visit start")
 
 
+def test_visits_of_video_files_at_their_own_media_times_stay_apart_and_come_in_time_order() -> None:
+    """Files are read in name order, but each video file's rows carry that file's media time: a
+    later file may be years earlier. A jump back by more than the gap ends a visit, like a pause."""
+    from fer_edge.summary import VisitBuilder, stamp_seconds
+
+    def stamp(t: float) -> str:
+        return datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+
+    builder, visits = VisitBuilder(gap=10), []
+    t2026, t2010 = 1_796_600_000.0, 1_293_000_000.0
+    for t in [t2026, t2026 + 9, t2010, t2010 + 8, t2026 + 7, t2026 + 8]:  # third file overlaps the first
+        finished = builder.add(stamp(t), t, "happy")
+        visits += [finished] if finished else []
+    visits.append(builder.finish())
+    assert [(v.analyses, v.seconds) for v in visits] == [(2, 9.0), (2, 8.0), (2, 1.0)]
+    assert stamp_seconds(visits[1].first) == t2010
+
+
 def test_summary_reads_logs_from_before_media_s_beside_new_ones(tmp_path: Path) -> None:
     from fer_edge.summary import csv_files, summarise
 
