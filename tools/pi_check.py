@@ -13,7 +13,9 @@ host's venv. Any difference fails it (exit 1) with the rows that differ.
 
 Cached outside the clone (root: sudo), in $FER_EDGE_PI_CACHE or /var/cache/fer-edge-pi-check: the
 qemu binary, the .debs, pip's cache and one root per suite, keyed by its package list. The venv is
-made afresh every run, so the dependency resolution checked is the one a new Pi owner gets.
+made with the README's lines whenever setup.cfg, those lines or the root change, or it is a week
+old (--fresh-venv: now), so the resolution checked is the one a new Pi owner gets; otherwise it is
+reused and only this checkout reinstalled in it.
 
 Not covered (hardware edges): the camera (python3-picamera2 is in the Pi's archive, not Debian's),
 the Pi's kernel, and speed: emulated timings are not Pi timings.
@@ -55,6 +57,8 @@ BINFMT_NAME = "fer-edge-aarch64"
 AARCH64_MAGIC = (r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00",
                  r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff")
 BOX_TOLERANCE_PX = 4
+# A cached venv is made afresh after this, so new releases upstream (a NumPy 2 pulled in) show up.
+VENV_MAX_AGE_DAYS = 7
 FACES_PER_CLASS = 10
 ROOT_PROJECT = "/home/pi/fer-edge"   # the README's `git clone <this repo> fer-edge && cd fer-edge`
 ROOT_WORK = "/tmp/pi-check"
@@ -193,8 +197,9 @@ def mounted(root: Path, cache: Path) -> Iterator[None]:
     pip_cache = cache / "pip"
     pip_cache.mkdir(parents=True, exist_ok=True)
     (root / "root/.cache/pip").mkdir(parents=True, exist_ok=True)
-    shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf", follow_symlinks=True) \
-        if not (root / "etc/resolv.conf").is_symlink() else None
+    resolv = root / "etc/resolv.conf"
+    if not resolv.is_symlink():  # pip needs this machine's name servers
+        shutil.copy2("/etc/resolv.conf", resolv)
     mounts = [(["-t", "proc", "proc"], root / "proc"), (["--rbind", "/dev"], root / "dev"),
               (["--bind", str(pip_cache)], root / "root/.cache/pip")]
     done: list[Path] = []
@@ -368,7 +373,8 @@ def host_cmd(host_bin: Path, *args: str, check: bool = True) -> subprocess.Compl
     return done
 
 
-def check(suite: str, cache: Path, host_bin: Path, shared: Path | None, break_numpy: bool) -> int:
+def check(suite: str, cache: Path, host_bin: Path, shared: Path | None, break_numpy: bool,
+          fresh_venv: bool) -> int:
     started = time.monotonic()
     timer = Timer()
     route = readme_route(pi_section((REPO / "README.md").read_text()))
@@ -394,11 +400,21 @@ def check(suite: str, cache: Path, host_bin: Path, shared: Path | None, break_nu
                 files = copy_checkout(root / ROOT_PROJECT.lstrip("/"))
                 inputs = gather_inputs(shared, work / "inputs", host_bin)
                 report["checkout_files"], report["inputs"] = files, inputs["source"]
-            in_root(root, f"rm -rf {shlex.quote(venv)}")
-            with timer.step("the README's venv and pip install (fresh venv, pip cache warm or cold)"):
-                for line in route["setup"]:
-                    say(f"  (pi) {line}")
-                    in_root(root, f"cd {ROOT_PROJECT} && {line}")
+            stamp = root / venv.lstrip("/") / ".pi-check-venv"
+            key = venv_key(route, root)
+            reuse = (not fresh_venv and stamp.exists() and stamp.read_text().strip() == key
+                     and time.time() - stamp.stat().st_mtime < VENV_MAX_AGE_DAYS * 86400)
+            if reuse:
+                with timer.step("cached venv (same setup.cfg and README lines): reinstall this checkout only"):
+                    in_root(root, f"cd {ROOT_PROJECT} && {venv}/bin/pip install -q --no-deps --force-reinstall .")
+            else:
+                in_root(root, f"rm -rf {shlex.quote(venv)}")
+                with timer.step("the README's venv and pip install (fresh venv)"):
+                    for line in route["setup"]:
+                        say(f"  (pi) {line}")
+                        in_root(root, f"cd {ROOT_PROJECT} && {line}")
+                stamp.write_text(key + "\n")
+            report["venv"] = "cached, this checkout reinstalled" if reuse else "fresh, the README's lines"
             versions = in_root(root, f"{venv}/bin/python -c \"import sys, numpy, cv2, ml_dtypes, av; "
                                      "from importlib.metadata import version as v; "
                                      "print(sys.version.split()[0], numpy.__version__, numpy.__file__, "
@@ -455,7 +471,7 @@ def check(suite: str, cache: Path, host_bin: Path, shared: Path | None, break_nu
                 service_check(root, fer, sample, report, problems)
             if break_numpy:
                 with timer.step("a broken venv: NumPy 2 in front of apt's NumPy 1.x"):
-                    broken_venv_check(root, venv, fer, report, problems)
+                    broken_venv_check(root, venv, report, problems)
     finally:
         shutil.rmtree(host_work, ignore_errors=True)
         lock.close()
@@ -507,10 +523,23 @@ def service_check(root: Path, fer: str, sample: str, report: dict, problems: lis
                         f"{owners} CSV file(s) in /var/lib/fer-edge\n{ran.stderr[-2000:]}")
 
 
-def broken_venv_check(root: Path, venv: str, fer: str, report: dict, problems: list[str]) -> None:
+def broken_venv_check(root: Path, venv: str, report: dict, problems: list[str]) -> None:
     """What the issue met: NumPy 2 in the venv in front of apt's 1.x. doctor must say the fix in one
-    line (NumPy's warning kept out), and the fix it says must repair the venv."""
-    in_root(root, f"{venv}/bin/pip install -q 'numpy>=2'")
+    line (NumPy's warning kept out), and the fix it says must repair the venv.
+
+    On a copy of the venv (run through its own python, so sys.prefix is the copy), which keeps
+    the venv itself as the README made it, for the next run to reuse."""
+    broken_venv = f"{venv}-numpy2"
+    fer = f"{broken_venv}/bin/python -m fer_edge"
+    in_root(root, f"rm -rf {broken_venv} && cp -a {venv} {broken_venv}")
+    try:
+        _broken_venv_check(root, broken_venv, fer, report, problems)
+    finally:
+        in_root(root, f"rm -rf {broken_venv}")
+
+
+def _broken_venv_check(root: Path, venv: str, fer: str, report: dict, problems: list[str]) -> None:
+    in_root(root, f"{venv}/bin/python -m pip install -q 'numpy>=2'")
     broken = in_root(root, f"{fer} doctor", check=False)
     output = broken.stdout + broken.stderr
     fixes = [line for line in broken.stdout.splitlines() if line.startswith("fix: ")]
@@ -527,6 +556,12 @@ def broken_venv_check(root: Path, venv: str, fer: str, report: dict, problems: l
     report["broken venv doctor"]["after_fix_exit"] = repaired.returncode
     if repaired.returncode != 0:
         problems.append(f"broken venv: doctor's fix `{command}` did not repair it:\n{repaired.stdout}")
+
+
+def venv_key(route: dict, root: Path) -> str:
+    """A venv is reused while the root, setup.cfg and the README's lines are the same."""
+    text = json.dumps([root.name, route["setup"], (REPO / "setup.cfg").read_text()])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def changed_since(rev: str) -> bool | None:
@@ -552,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host-bin", type=Path, default=REPO / ".venv/bin", help="the host venv's bin/")
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     p.add_argument("--no-broken-venv", action="store_true", help="skip the NumPy 2 repair check")
+    p.add_argument("--fresh-venv", action="store_true",
+                   help=f"make the venv afresh even if a cached one fits (it is anyway after {VENV_MAX_AGE_DAYS} days)")
     p.add_argument("--only-if-changed-since", metavar="REV",
                    help="skip (exit 0) unless setup.cfg or the README's Pi section differ from REV")
     args = p.parse_args(argv)
@@ -570,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         shared = args.shared if args.shared.is_dir() else None
         # The broken-venv case exists where apt's OpenCV is built for NumPy 1.x: bookworm.
         return check(args.suite, args.cache, args.host_bin, shared,
-                     break_numpy=not args.no_broken_venv and args.suite == "bookworm")
+                     break_numpy=not args.no_broken_venv and args.suite == "bookworm",
+                     fresh_venv=args.fresh_venv)
     except CheckFailed as exc:
         say(f"FAILED: {exc}")
         return 1
