@@ -37,7 +37,7 @@ def test_same_rows_pass_and_the_figures_are_reported():
 
 def test_each_kind_of_difference_fails():
     host = {(0, 1): row(), (3, 1): row(), (6, 1): row()}
-    _, problems = compare(host, {(0, 1): row(emotion="sad"), (3, 1): row(w=100 + pi_check.BOX_TOLERANCE_PX + 1)})
+    _, problems = compare(host, {(0, 1): row(emotion="sad"), (3, 1): row(w=100 + 21)})
     text = "\n".join(problems)
     assert "frame 0 face 1: host happy" in text
     assert "frame 3 face 1 box off by more than" in text
