@@ -574,7 +574,8 @@ def _broken_venv_check(root: Path, venv: str, fer: str, report: dict, problems: 
     output = broken.stdout + broken.stderr
     fixes = [line for line in broken.stdout.splitlines() if line.startswith("fix: ")]
     report["broken venv doctor"] = {"exit": broken.returncode, "fix_lines": fixes,
-                                    "numpy_warning_printed": "compiled using NumPy 1.x" in output}
+                                    "numpy_warning_printed": "compiled using NumPy 1.x" in output,
+                                    "output": output.splitlines()}
     if broken.returncode != 1 or len(fixes) != 1 or "'numpy<2'" not in fixes[0]:
         problems.append(f"broken venv: doctor should exit 1 with one fix line naming numpy<2:\n{output}")
         return
