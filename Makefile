@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 OUT    ?= out/demo
 
-.PHONY: demo test model bench clean
+.PHONY: demo test model bench pi-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ model: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/pipeline.py $(SHARED)/data/videos/all_emo.mp4
+
+# The README's Pi route on an emulated Raspberry Pi OS (Debian arm64 root through qemu-user), each
+# output compared with this machine's; needs root. Roots and caches: /var/cache/fer-edge-pi-check.
+SUITE ?= bookworm
+pi-check: $(VENV)/.device-installed
+	$(BIN)/python tools/pi_check.py --suite $(SUITE) --host-bin $(BIN) --shared $(SHARED)
 
 clean:
 	rm -rf $(VENV) out *.egg-info

@@ -2,30 +2,110 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import platform
+import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .cli_support import check_writable
 from .errors import FerEdgeError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
+# What NumPy and extension modules say when a module compiled for one NumPy major version meets the
+# other: NumPy 2's guard prints the first; a NumPy 1.x build's import_array() raises the second.
+_BUILT_FOR_NUMPY1 = ("compiled using NumPy 1.x", "numpy.core.multiarray failed to import",
+                     "numpy.core.umath failed to import", "_ARRAY_API not found")
+_BUILT_FOR_NUMPY2 = ("numpy._core.multiarray failed to import", "No module named 'numpy._core'",
+                     "compiled against ABI version 0x2", "compiled against numpy ABI version 0x2")
+# Module -> what to install when it is missing (the README's routes: apt on a Pi, wheels elsewhere).
+_MISSING = {
+    "cv2": "sudo apt install python3-opencv (venv made with --system-site-packages), "
+           "or pip install 'opencv-python-headless>=4.8,<5'",
+    "numpy": "pip install numpy",
+    "ai_edge_litert": "pip install ai-edge-litert",
+    "tflite_runtime": "pip install ai-edge-litert",
+}
+
+
+def import_fix(text: str, python: str = sys.executable,
+               python_version: tuple[int, int] = sys.version_info[:2]) -> str | None:
+    """The one-line fix for a failed import, from its error text and what it wrote to stderr.
+
+    None when the text is not an import failure this knows. Pure, so it is tested on the real
+    messages; `python` is the interpreter whose pip must run (the venv's)."""
+    pip = f"{python} -m pip install"
+    if any(marker in text for marker in _BUILT_FOR_NUMPY1):
+        return (f"NumPy ABI clash: a module built for NumPy 1.x (apt's OpenCV on Pi OS bookworm) "
+                f"sees NumPy 2; {pip} 'numpy<2' 'ml_dtypes<0.6'")
+    if any(marker in text for marker in _BUILT_FOR_NUMPY2):
+        fix = f"{pip} 'numpy<2' 'ml_dtypes<0.6'" if python_version < (3, 12) else f"{pip} --upgrade numpy"
+        return f"NumPy ABI clash: a module built for NumPy 2 sees NumPy 1.x; {fix}"
+    missing = re.search(r"No module named '([\w.]+)'", text)
+    if missing:
+        top = missing.group(1).split(".")[0]
+        return f"{top} is not installed: " + _MISSING.get(top, f"{pip} {top}")
+    if "no TFLite runtime could be imported" in text:
+        return f"no TFLite runtime: {pip} ai-edge-litert"
+    library = re.search(r"([\w.+-]+\.so[\w.]*): cannot open shared object file", text)
+    if library:
+        return (f"the system library {library.group(1)} is missing: install the package that provides "
+                f"it (apt-file search {library.group(1)})")
+    return None
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[io.StringIO]:
+    """Collect what a probe writes to stderr, from Python and from C (file descriptor 2).
+
+    NumPy's ABI warning is 20 lines with a stack, and every check that imports cv2 would repeat
+    it; doctor reads it for import_fix and prints one line instead."""
+    text = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as raw:
+        os.dup2(raw.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(text):
+                yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            raw.seek(0)
+            text.write(raw.read().decode("utf-8", "replace"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
 
 def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path: Callable,
                log: Callable[[str], None]) -> int:
     results: list[tuple[str, str, str]] = []
+    fixes: list[str] = []  # one line per distinct cause, in the order found
 
     def check(name: str, fn: Callable[[], tuple[str, str]]) -> object:
-        try:
-            status, detail = fn()
-        except FerEdgeError as exc:
-            status, detail = FAIL, str(exc)
-        except Exception as exc:  # doctor must report, never crash
-            status, detail = FAIL, f"{type(exc).__name__}: {exc}"
+        with captured_stderr() as noise:
+            try:
+                status, detail = fn()
+                failure = None
+            except FerEdgeError as exc:
+                status, detail, failure = FAIL, str(exc), exc
+            except Exception as exc:  # doctor must report, never crash
+                status, detail, failure = FAIL, _first_line(exc), exc
+        if failure is not None:
+            fix = import_fix(f"{failure}\n{noise.getvalue()}")
+            if fix is not None:
+                detail += " (fix below)"
+                if fix not in fixes:
+                    fixes.append(fix)
         results.append((status, name, detail))
         return status
 
@@ -40,7 +120,7 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
 
     def numpy_check():
         import numpy
-        return OK, numpy.__version__
+        return OK, f"{numpy.__version__} from {Path(numpy.__file__).parent}"
     check("numpy", numpy_check)
 
     def opencv():
@@ -174,6 +254,10 @@ def run_doctor(args: argparse.Namespace, config_from_args: Callable, model_path:
     for status, name, detail in results:
         print(f"[{status:>4}] {name:<{width}}  {detail}")
     failed = [name for status, name, _ in results if status == FAIL]
+    # An ABI clash breaks every check that imports cv2; its fix comes first, as the one to do.
+    fixes.sort(key=lambda fix: not fix.startswith("NumPy ABI clash"))
+    for fix in fixes:
+        print(f"\nfix: {fix}")
     if failed:
         print(f"\n{len(failed)} problem(s): {', '.join(failed)}. Fix them and run fer-edge doctor again.")
         return 1
