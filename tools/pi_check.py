@@ -82,6 +82,11 @@ class CheckFailed(Exception):
     pass
 
 
+class CannotEmulate(CheckFailed):
+    """This machine cannot run the check (no root, no binfmt_misc, no Debian mirror): nothing was
+    compared, so nothing differs. Exit 69 (EX_UNAVAILABLE), which CI reports as NOT RUN."""
+
+
 def say(message: str) -> None:
     print(f"pi-check: {message}", flush=True)
 
@@ -132,9 +137,12 @@ def ensure_qemu(cache: Path) -> Path | None:
     if not qemu.exists():
         say(f"fetching qemu-user from Debian {QEMU_SUITE} (private apt state in {cache}/qemu-apt)")
         options = apt_private(cache)
-        run(["apt-get", *options, "update"], quiet=True)
         with tempfile.TemporaryDirectory() as tmp:
-            run(["apt-get", *options, "download", "qemu-user"], cwd=tmp, quiet=True)
+            try:
+                run(["apt-get", *options, "update"], quiet=True)
+                run(["apt-get", *options, "download", "qemu-user"], cwd=tmp, quiet=True)
+            except CheckFailed as exc:
+                raise CannotEmulate(f"qemu-user could not be fetched from {MIRROR}: {exc}") from None
             deb = next(Path(tmp).glob("qemu-user_*.deb"))
             run(["dpkg-deb", "-x", str(deb), f"{tmp}/x"])
             shutil.copy2(f"{tmp}/x/usr/bin/qemu-aarch64", qemu.with_suffix(".tmp"))
@@ -142,7 +150,7 @@ def ensure_qemu(cache: Path) -> Path | None:
     if not os.path.exists(f"{BINFMT}/register"):
         subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT], capture_output=True)
     if not os.path.exists(f"{BINFMT}/register"):
-        raise CheckFailed(f"binfmt_misc is not available ({BINFMT}); it is needed to run arm64 programs "
+        raise CannotEmulate(f"binfmt_misc is not available ({BINFMT}); it is needed to run arm64 programs "
                           "through qemu-user (a privileged container or a VM has it)")
     entry = Path(BINFMT, BINFMT_NAME)
     if entry.exists() and f"interpreter {qemu}\n" not in entry.read_text():
@@ -173,14 +181,17 @@ def ensure_root(cache: Path, suite: str, packages: list[str]) -> tuple[Path, boo
     if (root / ".pi-check-complete").exists():
         return root, False
     if shutil.which("debootstrap") is None:
-        raise CheckFailed("debootstrap is not installed: apt-get install debootstrap")
+        raise CannotEmulate("debootstrap is not installed: apt-get install debootstrap")
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     debs = cache / "debs" / suite
     debs.mkdir(parents=True, exist_ok=True)
     say(f"building the {suite} arm64 root (once; cached as {root}): {' '.join(packages)}")
-    run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--cache-dir={debs}",
-         f"--include={','.join(packages)}", suite, str(tmp), MIRROR], quiet=True)
+    try:
+        run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--cache-dir={debs}",
+             f"--include={','.join(packages)}", suite, str(tmp), MIRROR], quiet=True)
+    except CheckFailed as exc:  # a mirror out of reach, mostly; the tail says
+        raise CannotEmulate(f"debootstrap {suite} failed: {exc}") from None
     finish_root(cache, suite, packages, tmp, root)
     return root, True
 
@@ -632,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{args.suite}: " + ("setup.cfg or the README's Pi section changed" if changed
                                       else f"{args.only_if_changed_since} unknown (shallow clone?): checking"))
         if os.geteuid() != 0:
-            raise CheckFailed("needs root (debootstrap, chroot, mount): sudo make pi-check")
+            raise CannotEmulate("needs root (debootstrap, chroot, mount): sudo make pi-check")
         if not (args.host_bin / "fer-edge").exists():
             raise CheckFailed(f"{args.host_bin}/fer-edge not found: make .venv/.device-installed first")
         shared = args.shared if args.shared.is_dir() else None
@@ -640,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.suite, args.cache, args.host_bin, shared,
                      break_numpy=not args.no_broken_venv and args.suite == "bookworm",
                      fresh_venv=args.fresh_venv)
+    except CannotEmulate as exc:
+        say(f"NOT RUN: {exc}")
+        return 69
     except CheckFailed as exc:
         say(f"FAILED: {exc}")
         return 1
