@@ -5,6 +5,7 @@ it; elsewhere the tests that need it skip, saying why.
 """
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,14 @@ def frame_count(path: Path) -> int:
         n += 1
     cap.release()
     return n
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """A user mistake: exit `code`, no traceback, exactly one `fer-edge: error:` line naming `words`."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as ROOT, SHARED_DIR as SHARED, frame_count, requires_shared
+from conftest import one_line_error, REPO_ROOT as ROOT, SHARED_DIR as SHARED, frame_count, requires_shared
 from fer_edge.labels import EMOTIONS
 VIDEOS = SHARED / "data" / "videos"
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
@@ -29,13 +29,6 @@ def fer_edge(*args: str, timeout: float = 300, env: dict | None = None) -> subpr
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
-    assert len(errors) == 1, result.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
 
 
 def read_csvs(folder: Path) -> tuple[list[Path], list[dict]]:

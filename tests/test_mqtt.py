@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT as ROOT
+from conftest import one_line_error, REPO_ROOT as ROOT
 from fer_edge.labels import EMOTIONS
 
 MOSQUITTO = shutil.which("mosquitto") or next(
@@ -160,14 +160,6 @@ def summary_visits(csv_dir: Path) -> list[dict]:
     return json.loads(done.stdout)["periods"]
 
 
-def one_line_error(done: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    assert done.returncode == code, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("fer-edge: error:")]
-    assert len(errors) == 1, done.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
-    return errors[0]
 
 
 # -- one real run, read by a live subscriber and by a newcomer afterwards ----------------------------

@@ -20,13 +20,14 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as ROOT
+from conftest import one_line_error, REPO_ROOT as ROOT
 from fer_edge.annotate import BLUR_MARGIN, BLUR_CELLS
 from fer_edge.errors import OutputError
 from fer_edge.labels import EMOTIONS
 from fer_edge.preview import FailedLogins
 from fer_edge.records import FaceResult
 from fer_edge.sinks import DiskBudget, Retention, RollingCsvLog, SegmentedVideoWriter
+from fer_edge.sources import decode_all
 from fer_edge.tracker import iou_matrix
 
 SAMPLE = ROOT / "samples" / "sample_faces.mp4"
@@ -39,14 +40,6 @@ def fer_edge(*args: str, timeout: float = 300, **kwargs) -> subprocess.Completed
                           timeout=timeout, **kwargs)
 
 
-def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
-    assert len(errors) == 1, result.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
-    return errors[0]
 
 
 def password_file(folder: Path, password: str = PASSWORD) -> Path:
@@ -321,15 +314,7 @@ def lossless_run(out: Path, *extra: str) -> tuple[list[np.ndarray], list[dict]]:
     done = fer_edge("run", "--source", str(SAMPLE), "--output", str(out), "--every", "1",
                     "--set", "video.codec=FFV1", "--set", "video.segment_seconds=3600", *extra)
     assert done.returncode == 0, done.stderr
-    frames = []
-    for segment in sorted((out / "video").glob("*.avi")):
-        cap = cv2.VideoCapture(str(segment))
-        while True:
-            ok, image = cap.read()
-            if not ok:
-                break
-            frames.append(image)
-        cap.release()
+    frames = [image for segment in sorted((out / "video").glob("*.avi")) for image in decode_all(segment)[0]]
     rows = []
     for path in sorted((out / "csv").glob("*.csv")):
         with path.open(newline="") as fh:

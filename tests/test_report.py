@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as ROOT, SHARED_DIR
+from conftest import one_line_error, REPO_ROOT as ROOT, SHARED_DIR
 from fer_edge import report as rep
 from fer_edge.annotate import COLOURS
 from fer_edge.summary import csv_files, newest_stamp, summarise
@@ -38,13 +37,6 @@ def fer_edge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
-    assert len(errors) == 1, result.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
 
 
 def read_rows(files) -> list[dict]:
