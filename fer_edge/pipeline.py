@@ -182,7 +182,7 @@ class Pipeline:
         live = self.source.live
         # a file's video shows its own rate until the processing rate is measured: a short clip is
         # processed in less than the second a camera's counter waits for
-        fps_window = _RateMeter(None if self.source.live else self.source.fps)
+        fps_window = _RateMeter(None if live else self.source.fps)
         if self.notifier is not None:
             self.notifier.ready(self.source.problem or f"running on {self.source.name}")
         try:
